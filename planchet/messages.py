@@ -1,0 +1,199 @@
+"""The wire protocol: pydantic models and the orjson codec, with no I/O.
+
+Every frame is one JSON object with a ``type``. ``decode`` turns bytes into a model or
+raises ``ProtocolError``; ``encode`` turns a model into bytes. The server, both Python
+clients and ``docs/protocol.md`` all follow this module, so it is the one place where
+the protocol changes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .exceptions import BadFrame, ProtocolError
+
+PROTOCOL_VERSION = 1
+
+JobName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Mode = Literal["read", "write", "read-write"]
+Item = tuple[int, Any]
+MAX_BATCH_SIZE = 10_000
+MAX_PREFETCH = 64
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- client to server -------------------------------------------------------------
+
+
+class Hello(Message):
+    """First frame of every connection: the protocol version and a default token."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int
+    token: str | None = None
+    client: str | None = None
+
+
+class Credit(Message):
+    """How many batches of a job this connection wants in flight at once (0 stops)."""
+
+    type: Literal["credit"] = "credit"
+    job: JobName
+    batches: int = Field(ge=0, le=MAX_PREFETCH)
+    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    token: str | None = None
+
+
+class ItemError(Message):
+    """A worker's failure on one item; ``retry=False`` sends it to the error file now."""
+
+    id: int
+    message: str
+    retry: bool = True
+
+
+class Result(Message):
+    """Results for (some of) the items of a lease; the rest stay leased."""
+
+    type: Literal["result"] = "result"
+    job: JobName
+    lease: str | None = None
+    items: list[Item] = []
+    errors: list[ItemError] = []
+    token: str | None = None
+
+
+class StartJob(Message):
+    """Create a job, or resume it when the spec is the same."""
+
+    type: Literal["start_job"] = "start_job"
+    id: int
+    job: JobName
+    reader: str | None = None
+    writer: str | None = None
+    metadata: dict[str, Any] = {}
+    mode: Mode = "read-write"
+    batch_size: int = Field(default=100, ge=1, le=MAX_BATCH_SIZE)
+    lease_timeout: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    clean_start: bool = False
+    token: str | None = None
+
+
+class JobCommand(Message):
+    """An operation on one job, answered by a ``reply``."""
+
+    type: Literal["report", "pause", "resume", "delete", "clean"]
+    id: int
+    job: JobName
+    token: str | None = None
+
+
+class ServerCommand(Message):
+    """A server-wide operation: list the jobs, or purge them all (master token)."""
+
+    type: Literal["jobs", "purge"]
+    id: int
+    token: str | None = None
+
+
+# --- server to client -------------------------------------------------------------
+
+
+class Welcome(Message):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    server: str
+    max_message_bytes: int
+
+
+class Batch(Message):
+    """Items leased to this connection until ``lease_timeout`` seconds have passed."""
+
+    type: Literal["batch"] = "batch"
+    job: str
+    lease: str
+    items: list[Item]
+    lease_timeout: float
+
+
+class Ack(Message):
+    """What became of a ``result``: written, queued again, failed for good, or dropped."""
+
+    type: Literal["ack"] = "ack"
+    job: str
+    lease: str | None
+    written: int = 0
+    retried: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+class Reply(Message):
+    type: Literal["reply"] = "reply"
+    id: int
+    data: Any = None
+
+
+class Event(Message):
+    type: Literal["event"] = "event"
+    job: str
+    event: Literal["paused", "resumed", "done", "deleted"]
+
+
+class Error(Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    id: int | None = None
+
+
+ClientMessage = Annotated[
+    Hello | Credit | Result | StartJob | JobCommand | ServerCommand, Field(discriminator="type")
+]
+ServerMessage = Annotated[
+    Welcome | Batch | Ack | Reply | Event | Error, Field(discriminator="type")
+]
+
+_client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+_server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def encode(message: Message) -> bytes:
+    return orjson.dumps(message.model_dump())
+
+
+def _parse(frame: bytes | str) -> Any:
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise BadFrame(f"frame is not JSON: {exc}") from None
+
+
+def _validate(adapter: TypeAdapter[Any], frame: bytes | str) -> Any:
+    data = _parse(frame)
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError('a frame must be a JSON object with a string "type"')
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise ProtocolError(f"invalid {data['type']!r} message: {problems}") from None
+
+
+def decode_client(frame: bytes | str) -> ClientMessage:
+    """Parse a frame a client sent; ``ProtocolError`` says what is wrong with it."""
+    return _validate(_client_adapter, frame)
+
+
+def decode_server(frame: bytes | str) -> ServerMessage:
+    """Parse a frame the server sent."""
+    return _validate(_server_adapter, frame)

@@ -1,0 +1,179 @@
+"""All of Planchet's Redis keys, transactions and Lua, in one place.
+
+Layout (``P`` is the key prefix, ``planchet:`` by default)::
+
+    P jobs                set of job names
+    P outputs             hash: output or error file path -> job name that writes it
+    P job:<name>          hash: spec, token, state, next_id, offset, exhausted,
+                          out_offset, err_offset, written, failed
+    P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...]
+    P job:<name>:queue    list of JSON [[id, item, attempts], ...] waiting to be served again
+    P job:<name>:ids      set of ids written by a write-only job (duplicate filter)
+
+Every change that moves items between states is one MULTI/EXEC, so Redis always
+holds a consistent picture: a crash at any point leaves either the old state or the
+new one. Item payloads live in Redis only while leased or queued, so memory there is
+bounded by what is in flight, never by the size of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+
+LeasedItem = tuple[int, Any, int]  # id, item, attempts so far
+
+# Pop one queued batch and lease it, in one step: a crash can never drop it.
+_TAKE_QUEUED = """
+local blob = redis.call('LPOP', KEYS[1])
+if not blob then return false end
+redis.call('HSET', KEYS[2], ARGV[1], blob)
+return blob
+"""
+
+
+def pack(items: Iterable[LeasedItem]) -> bytes:
+    return orjson.dumps(list(items))
+
+
+def unpack(blob: bytes) -> list[LeasedItem]:
+    return [(i, item, attempts) for i, item, attempts in orjson.loads(blob)]
+
+
+@dataclass
+class Change:
+    """One atomic step of a job: what to write to its hash, leases and queue."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    put_lease: tuple[str, bytes] | None = None
+    drop_lease: str | None = None
+    requeue: list[LeasedItem] = field(default_factory=list)
+    written_ids: list[int] = field(default_factory=list)
+
+
+class Store:
+    """Typed access to the keys above; no other module talks to Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "planchet:") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._take_queued = client.register_script(_TAKE_QUEUED)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "planchet:") -> Store:
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=2), prefix)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    # --- keys ---------------------------------------------------------------------
+
+    def _job(self, name: str) -> str:
+        return f"{self.prefix}job:{name}"
+
+    def _leases(self, name: str) -> str:
+        return f"{self.prefix}job:{name}:leases"
+
+    def _queue(self, name: str) -> str:
+        return f"{self.prefix}job:{name}:queue"
+
+    def _ids(self, name: str) -> str:
+        return f"{self.prefix}job:{name}:ids"
+
+    @property
+    def _jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    @property
+    def _outputs(self) -> str:
+        return f"{self.prefix}outputs"
+
+    # --- jobs -----------------------------------------------------------------------
+
+    async def job_names(self) -> list[str]:
+        return sorted(n.decode() for n in await self.redis.smembers(self._jobs))
+
+    async def read_job(self, name: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self._job(name))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def owner_of(self, path: str) -> str | None:
+        owner = await self.redis.hget(self._outputs, path)
+        return owner.decode() if owner else None
+
+    async def create_job(self, name: str, fields: dict[str, Any], paths: list[str]) -> None:
+        """Write a new job (replacing any old state of that name) and claim its files."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
+                pipe.delete(key)
+            pipe.hset(self._job(name), mapping=fields)
+            pipe.sadd(self._jobs, name)
+            for path in paths:
+                pipe.hset(self._outputs, path, name)
+            await pipe.execute()
+
+    async def update_job(self, name: str, fields: dict[str, Any]) -> None:
+        await self.redis.hset(self._job(name), mapping=fields)
+
+    async def delete_job(self, name: str, paths: list[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
+                pipe.delete(key)
+            pipe.srem(self._jobs, name)
+            for path in paths:
+                pipe.hdel(self._outputs, path)
+            await pipe.execute()
+
+    # --- items ----------------------------------------------------------------------
+
+    async def requeue_all_leases(self, name: str) -> list[list[LeasedItem]]:
+        """Move every lease back to the queue; return the queue, for counting.
+
+        Run when a job is (re)opened: leases of a previous server process, or from
+        before a Redis restart, have no live owner any more.
+        """
+        leases = await self.redis.hgetall(self._leases(name))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for blob in leases.values():
+                pipe.rpush(self._queue(name), blob)
+            pipe.delete(self._leases(name))
+            pipe.lrange(self._queue(name), 0, -1)
+            *_, queue = await pipe.execute()
+        return [unpack(blob) for blob in queue]
+
+    async def take_queued(self, name: str, lease_id: str) -> list[LeasedItem] | None:
+        keys = [self._queue(name), self._leases(name)]
+        blob = await self._take_queued(keys=keys, args=[lease_id])
+        return unpack(blob) if blob else None
+
+    async def new_ids(self, name: str, ids: list[int]) -> list[bool]:
+        """For a write-only job: which of ``ids`` were never written."""
+        if not ids:
+            return []
+        seen = await self.redis.smismember(self._ids(name), ids)
+        return [not s for s in seen]
+
+    async def apply(self, name: str, change: Change) -> None:
+        """Commit one step of a job atomically (see ``Change``)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if change.fields:
+                pipe.hset(self._job(name), mapping=change.fields)
+            if change.put_lease:
+                pipe.hset(self._leases(name), *change.put_lease)
+            if change.drop_lease:
+                pipe.hdel(self._leases(name), change.drop_lease)
+            if change.requeue:
+                pipe.rpush(self._queue(name), pack(change.requeue))
+            if change.written_ids:
+                pipe.sadd(self._ids(name), *change.written_ids)
+            await pipe.execute()

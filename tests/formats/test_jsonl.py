@@ -1,0 +1,229 @@
+"""JsonlReader and JsonlWriter on real, messy data: exact offsets, resume, truncation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from planchet.exceptions import FormatError
+from planchet.formats import Chunk, JsonlReader, JsonlWriter, Position
+
+SHARED = Path(
+    os.environ.get(
+        "PLANCHET_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    )
+)
+TITLES = SHARED / "github_issue_titles.jsonl"
+START = Position(0, 0)
+
+
+def read_all(reader: JsonlReader, batch: int) -> list[Chunk]:
+    chunks = []
+    while True:
+        chunk = reader.read(batch)
+        if not chunk.items and not chunk.errors:
+            return chunks
+        chunks.append(chunk)
+
+
+def open_reader(path: Path, position: Position = START) -> JsonlReader:
+    reader = JsonlReader(path, {})
+    reader.open(position)
+    return reader
+
+
+def test_round_trip_of_shared_titles(tmp_path: Path) -> None:
+    expected = [json.loads(line) for line in TITLES.read_text(encoding="utf-8").splitlines()]
+    assert len(expected) == 830
+    reader = open_reader(TITLES)
+    writer = JsonlWriter(tmp_path / "out.jsonl", {})
+    writer.open(0)
+    for chunk in read_all(reader, 37):
+        assert not chunk.errors
+        assert len(chunk.items) <= 37
+        offset, failures = writer.write(chunk.items)
+        assert failures == []
+        assert offset == (tmp_path / "out.jsonl").stat().st_size
+    assert reader.read(37) == Chunk([], [], Position(830, TITLES.stat().st_size))
+    reader.close()
+    writer.close()
+
+    back = [
+        item for chunk in read_all(open_reader(tmp_path / "out.jsonl"), 100) for item in chunk.items
+    ]
+    assert [line_id for line_id, _ in back] == list(range(830))
+    assert sorted(result["id"] for _, result in back) == list(range(830))
+    assert [result["item"] for _, result in back] == expected
+
+
+def test_positions_are_exact_byte_offsets() -> None:
+    raw = TITLES.read_bytes()
+    line_ends = [i + 1 for i, byte in enumerate(raw) if byte == ord("\n")]
+    reader = open_reader(TITLES)
+    for chunk in read_all(reader, 37):
+        assert chunk.position.offset == line_ends[chunk.position.next_id - 1]
+    reader.close()
+
+
+def test_resume_continues_like_a_straight_read() -> None:
+    straight = open_reader(TITLES)
+    first = straight.read(100)
+    rest = read_all(straight, 50)
+    straight.close()
+    assert first.position.next_id == 100
+
+    resumed = open_reader(TITLES, first.position)
+    again = read_all(resumed, 50)
+    resumed.close()
+    assert again[0].items[0][0] == 100
+    assert [c.items for c in again] == [c.items for c in rest]
+    assert again[-1].position == rest[-1].position
+
+
+def test_resume_never_reads_the_bytes_before_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    garbage = b"\xff\xfe not json\n{broken\n\n"
+    path.write_bytes(garbage + b'{"a": 1}\n{"a": 2}\n')
+    assert len(open_reader(path).read(10).errors) == 3
+
+    reader = open_reader(path, Position(3, len(garbage)))
+    chunk = reader.read(10)
+    assert chunk.errors == []
+    assert chunk.items == [(3, {"a": 1}), (4, {"a": 2})]
+    assert chunk.position == Position(5, path.stat().st_size)
+
+
+def test_malformed_lines_are_errors_with_line_ids(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = [b'{"ok": 0}', b"{not json", b"\xc3\x28 bad utf-8", b"", b"   \t", b'"ok"', b"[1]"]
+    path.write_bytes(b"\n".join(lines))  # no newline after the last line: still a line
+    chunk = open_reader(path).read(100)
+    assert chunk.items == [(0, {"ok": 0}), (5, "ok"), (6, [1])]
+    reasons = dict(chunk.errors)
+    assert list(reasons) == [1, 2, 3, 4]
+    assert reasons[1].startswith("invalid JSON: ")
+    assert reasons[2].startswith("invalid UTF-8")
+    assert reasons[3] == reasons[4] == "blank line"
+    assert chunk.position == Position(7, path.stat().st_size)
+
+
+def test_trailing_newline_is_not_a_line_and_crlf_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\r\n{"a": 2}\n')
+    reader = open_reader(path)
+    assert reader.read(10).items == [(0, {"a": 1}), (1, {"a": 2})]
+    assert reader.read(10) == Chunk([], [], Position(2, 19))
+    assert reader.read(10) == Chunk([], [], Position(2, 19))
+
+
+def test_read_stops_at_n_good_items_past_errors(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"1\nx\n2\ny\n3\n4\n")
+    reader = open_reader(path)
+    first = reader.read(2)
+    assert first.items == [(0, 1), (2, 2)]
+    assert first.errors == [(1, first.errors[0][1])]
+    assert first.position == Position(3, 6)
+    second = reader.read(2)
+    assert second.items == [(4, 3), (5, 4)]
+    assert [e for e, _ in second.errors] == [3]
+
+
+def test_a_garbage_file_yields_bounded_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"{\n" * 2500 + b"7\n")
+    reader = open_reader(path)
+    sizes = [(len(c.items), len(c.errors)) for c in read_all(reader, 10)]
+    assert sizes == [(0, 1000), (0, 1000), (1, 500)]
+
+
+def test_open_refuses_missing_files_and_impossible_offsets(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(FormatError, match=r"nope\.jsonl"):
+        JsonlReader(missing, {}).open()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"1\n22\n")
+    with pytest.raises(FormatError, match="outside"):
+        JsonlReader(path, {}).open(Position(9, 6))
+    with pytest.raises(FormatError, match="start of a line"):
+        JsonlReader(path, {}).open(Position(1, 3))
+    at_end = open_reader(path, Position(2, 5))
+    assert at_end.read(5) == Chunk([], [], Position(2, 5))
+
+
+def test_size_and_read_before_open(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"1\n2\n")
+    reader = JsonlReader(path, {})
+    assert reader.size() == 4
+    with pytest.raises(FormatError, match="not open"):
+        reader.read(1)
+    reader.open()
+    with path.open("ab") as grow:
+        grow.write(b"3\n")
+    assert reader.size() == 6
+    reader.close()
+
+
+def test_writer_truncates_to_the_committed_offset(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    writer = JsonlWriter(path, {})
+    writer.open(0)
+    committed, _ = writer.write([(0, "a"), (1, {"b": [1, 2]})])
+    crashed, _ = writer.write([(2, "lost")])
+    assert crashed == path.stat().st_size > committed
+    writer.close()
+
+    writer.open(committed)
+    assert path.stat().st_size == committed
+    offset, _ = writer.write([(2, "again")])
+    writer.close()
+    assert offset == path.stat().st_size
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert lines == [
+        {"id": 0, "item": "a"},
+        {"id": 1, "item": {"b": [1, 2]}},
+        {"id": 2, "item": "again"},
+    ]
+
+    with pytest.raises(FormatError, match="committed"):
+        writer.open(offset + 1)
+    assert path.stat().st_size == offset
+
+
+def test_writer_never_writes_a_blank_line(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    writer = JsonlWriter(path, {})
+    writer.open(0)
+    assert writer.write([]) == (0, [])
+    offset, failures = writer.write([(4, {1: "non-string key"})])
+    assert offset == 0
+    assert failures[0][0] == 4 and "str" in failures[0][1]
+    assert path.read_bytes() == b""
+
+
+def test_writer_fails_single_items_not_the_batch(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    writer = JsonlWriter(path, {})
+    writer.open(0)
+    offset, failures = writer.write([(0, 1), (1, {2: 3}), (2, object()), (3, "ok")])
+    writer.close()
+    assert [f for f, _ in failures] == [1, 2]
+    assert offset == path.stat().st_size
+    assert path.read_bytes() == b'{"id":0,"item":1}\n{"id":3,"item":"ok"}\n'
+
+
+def test_writer_creates_the_file_but_not_its_directory(tmp_path: Path) -> None:
+    with pytest.raises(FormatError, match="missing"):
+        JsonlWriter(tmp_path / "missing" / "out.jsonl", {}).open(0)
+    assert not (tmp_path / "missing").exists()
+    writer = JsonlWriter(tmp_path / "new.jsonl", {})
+    writer.open(0)
+    writer.close()
+    assert (tmp_path / "new.jsonl").read_bytes() == b""
+    with pytest.raises(FormatError, match="not open"):
+        writer.write([(0, 1)])

