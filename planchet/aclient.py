@@ -1,0 +1,253 @@
+"""The asyncio client, for push-style consumers.
+
+    async with AsyncPlanchetClient(url) as client:
+        async for batch in client.batches("my-job", prefetch=2):
+            await batch.ack([(i, work(item)) for i, item in batch.items])
+
+One reader task files every incoming frame: replies by request id, acks by lease,
+batches into the queue of their job. When the connection drops it reconnects with
+backoff and sends its credit again; requests in progress are sent again, and results
+for leases of the old connection come back as ``dropped`` (the server requeued them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from .client import DEFAULT_URL, backoff_delays, hello_message, websocket_url
+from .exceptions import ConnectionLost, ProtocolError, error_from_code
+from .messages import (
+    Ack,
+    Batch,
+    Credit,
+    Error,
+    Event,
+    Item,
+    ItemError,
+    JobCommand,
+    Message,
+    Reply,
+    Result,
+    ServerCommand,
+    StartJob,
+    Welcome,
+    decode_server,
+    encode,
+)
+
+_DONE = object()
+
+
+@dataclass
+class WorkBatch:
+    """A leased batch; ``ack`` sends its results (all at once or in parts)."""
+
+    client: AsyncPlanchetClient = field(repr=False)
+    job: str
+    lease: str
+    items: list[Item]
+    lease_timeout: float
+
+    async def ack(self, results: list[Item], errors: list[ItemError] | None = None) -> Ack:
+        return await self.client.send_results(self.job, self.lease, results, errors or [])
+
+
+class AsyncPlanchetClient:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
+                 retries: int = 8) -> None:
+        self.url = websocket_url(url)
+        self.token = token
+        self.retries = retries
+        self._ws: ClientConnection | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[Any, asyncio.Future[Message]] = {}
+        self._queues: dict[str, asyncio.Queue[Any]] = collections.defaultdict(asyncio.Queue)
+        self._credits: dict[str, Credit] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+
+    async def __aenter__(self) -> AsyncPlanchetClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        await self._open()
+        self._reader = asyncio.create_task(self._read_forever(), name="planchet reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws:
+            await self._ws.close()
+        self._fail_pending(ConnectionLost("client closed"))
+
+    async def _open(self) -> None:
+        last: Exception | None = None
+        for delay in backoff_delays(self.retries):
+            await asyncio.sleep(delay)
+            try:
+                ws = await connect(self.url, max_size=None, open_timeout=10)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                last = exc
+                continue
+            await ws.send(encode(hello_message(self.token)))
+            reply = decode_server(await ws.recv())
+            if isinstance(reply, Error):
+                raise error_from_code(reply.code, reply.message)
+            if not isinstance(reply, Welcome):
+                raise ProtocolError(f"expected welcome, got {reply.type!r}")
+            self._ws = ws
+            for credit in self._credits.values():  # the new connection holds nothing yet
+                await ws.send(encode(credit))
+            self._connected.set()
+            return
+        raise ConnectionLost(f"cannot reach {self.url}: {last}")
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                assert self._ws is not None
+                async for frame in self._ws:
+                    self._file(decode_server(frame))
+            except ConnectionClosed:
+                pass
+            if self._closing:
+                return
+            self._connected.clear()
+            self._fail_pending(_Reconnected())
+            try:
+                await self._open()
+            except ConnectionLost as exc:
+                self._fail_pending(exc)
+                for queue in self._queues.values():
+                    queue.put_nowait(exc)
+                return
+
+    def _file(self, msg: Message) -> None:
+        match msg:
+            case Batch():
+                self._queues[msg.job].put_nowait(
+                    WorkBatch(self, msg.job, msg.lease, msg.items, msg.lease_timeout))
+            case Event(event="done" | "deleted"):
+                self._queues[msg.job].put_nowait(_DONE)
+            case Reply() | Error() if msg.id is not None:
+                self._resolve(msg.id, msg)
+            case Ack():
+                self._resolve(("ack", msg.job, msg.lease), msg)
+            case Error():  # about a credit or a result: tell whoever waits on those
+                for key in [k for k in self._pending if isinstance(k, tuple)]:
+                    self._resolve(key, msg)
+                for job in self._credits:
+                    self._queues[job].put_nowait(error_from_code(msg.code, msg.message))
+
+    def _resolve(self, key: Any, msg: Message) -> None:
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.clear()
+
+    async def _exchange(self, key: Any, message: Message) -> Message:
+        """Send and wait for the answer filed under ``key``; resend after a reconnect."""
+        while True:
+            await self._connected.wait()
+            future = asyncio.get_running_loop().create_future()
+            self._pending[key] = future
+            try:
+                assert self._ws is not None
+                await self._ws.send(encode(message))
+                reply = await future
+            except (_Reconnected, ConnectionClosed):
+                continue
+            if isinstance(reply, Error):
+                raise error_from_code(reply.code, reply.message)
+            return reply
+
+    async def _request(self, message: Message) -> Any:
+        reply = await self._exchange(message.id, message)  # type: ignore[attr-defined]
+        return reply.data  # type: ignore[attr-defined]
+
+    # --- work -------------------------------------------------------------------------
+
+    async def batches(self, job: str, prefetch: int = 2, batch_size: int | None = None,
+                      token: str | None = None) -> AsyncIterator[WorkBatch]:
+        """Batches of ``job`` as the server pushes them, until the job is done."""
+        credit = Credit(job=job, batches=prefetch, batch_size=batch_size,
+                        token=token or self.token)
+        self._credits[job] = credit
+        await self._connected.wait()
+        assert self._ws is not None
+        await self._ws.send(encode(credit))
+        queue = self._queues[job]
+        try:
+            while True:
+                got = await queue.get()
+                if got is _DONE:
+                    return
+                if isinstance(got, Exception):
+                    raise got
+                yield got
+        finally:
+            self._credits.pop(job, None)
+
+    async def send_results(self, job: str, lease: str | None, results: list[Item],
+                           errors: list[ItemError] | None = None,
+                           token: str | None = None) -> Ack:
+        message = Result(job=job, lease=lease, items=results, errors=errors or [],
+                         token=token or self.token)
+        return await self._exchange(("ack", job, lease), message)  # type: ignore[return-value]
+
+    # --- jobs -------------------------------------------------------------------------
+
+    async def start_job(self, job_name: str, metadata: dict[str, Any],
+                        reader_name: str | None = None, writer_name: str | None = None,
+                        clean_start: bool = False, token: str | None = None,
+                        mode: str = "read-write", **options: Any) -> dict[str, Any]:
+        return await self._request(StartJob(
+            id=next(self._ids), job=job_name, reader=reader_name, writer=writer_name,
+            metadata=metadata, mode=mode, clean_start=clean_start,  # type: ignore[arg-type]
+            token=token or self.token, **options))
+
+    async def report(self, job: str, token: str | None = None) -> dict[str, Any]:
+        return await self._command("report", job, token)
+
+    async def pause(self, job: str, token: str | None = None) -> dict[str, Any]:
+        return await self._command("pause", job, token)
+
+    async def resume(self, job: str, token: str | None = None) -> dict[str, Any]:
+        return await self._command("resume", job, token)
+
+    async def delete(self, job: str, token: str | None = None) -> dict[str, Any]:
+        return await self._command("delete", job, token)
+
+    async def jobs(self, token: str | None = None) -> list[dict[str, Any]]:
+        return await self._request(ServerCommand(type="jobs", id=next(self._ids),
+                                                 token=token or self.token))
+
+    async def _command(self, op: str, job: str, token: str | None) -> Any:
+        return await self._request(JobCommand(type=op, id=next(self._ids), job=job,  # type: ignore[arg-type]
+                                              token=token or self.token))
+
+
+class _Reconnected(Exception):
+    """The connection dropped while waiting; the request is sent again."""
