@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .client import DEFAULT_URL, backoff_delays, hello_message, websocket_url
-from .exceptions import ConnectionLost, ProtocolError, error_from_code
+from .exceptions import ConnectionLost, ProtocolError, Unavailable, error_from_code
 from .messages import (
     Ack,
     Batch,
@@ -215,7 +215,10 @@ class AsyncPlanchetClient:
                            token: str | None = None) -> Ack:
         message = Result(job=job, lease=lease, items=results, errors=errors or [],
                          token=token or self.token)
-        return await self._exchange(("ack", job, lease), message)  # type: ignore[return-value]
+        try:
+            return await self._exchange(("ack", job, lease), message)  # type: ignore[return-value]
+        except Unavailable:  # not taken: the items are requeued when the job reloads
+            return Ack(job=job, lease=lease, dropped=len(results) + len(errors or []))
 
     # --- jobs -------------------------------------------------------------------------
 

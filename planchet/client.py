@@ -23,7 +23,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from . import __version__
-from .exceptions import ConnectionLost, PlanchetError, ProtocolError, error_from_code
+from .exceptions import (
+    ConnectionLost,
+    PlanchetError,
+    ProtocolError,
+    Unavailable,
+    error_from_code,
+)
 from .messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -115,7 +121,8 @@ class PlanchetClient:
         for delay in backoff_delays(self.retries):
             time.sleep(delay)
             try:
-                ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2)
+                ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2,
+                             legacy=True)
             except (OSError, TimeoutError, ConnectionClosed) as exc:
                 last = exc
                 continue
@@ -263,7 +270,10 @@ class PlanchetClient:
                 errors=[ItemError(id=i, message=errors[i], retry=retry)
                         for i in ids if i in errors],
             )
-            ack = self._retrying(lambda m=message: self._ack(m))
+            try:
+                ack = self._retrying(lambda m=message: self._ack(m))
+            except Unavailable:  # not taken: the items are requeued when the job reloads
+                ack = Ack(job=job, lease=lease, dropped=len(ids))
             for i in ids:
                 leases.pop(i, None)
             total.update(ack.model_dump(include={"written", "retried", "failed", "dropped"}))

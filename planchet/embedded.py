@@ -7,6 +7,7 @@ Append-only with ``appendfsync always``: every write Redis acknowledged survives
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import pathlib
@@ -77,6 +78,10 @@ class RedisProcess:
         return self.directory / "redis.log"
 
     @property
+    def pid_path(self) -> pathlib.Path:
+        return self.directory / "redis.pid"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -103,6 +108,7 @@ class RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self._port is None:
             self._port = free_port()
+        self._stop_orphan()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -112,12 +118,34 @@ class RedisProcess:
                 stderr=log,  # errors from before redis opens its log file
                 start_new_session=True,  # the parent's Ctrl-C is not ours: it stops us in order
             )
+        self.pid_path.write_text(str(self._proc.pid))
         atexit.register(self.stop)
         try:
             self._wait_ready(timeout, log_offset)
         except BaseException:
             self.stop()
             raise
+
+    def _stop_orphan(self) -> None:
+        """Stop a redis-server left on this directory by a server that was killed.
+
+        Two Redis processes appending to one AOF would corrupt it; the orphan has
+        fsynced every write it acknowledged, so stopping it loses nothing.
+        """
+        try:
+            pid = int(self.pid_path.read_text())
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" not in cmdline or str(self.directory).encode() not in cmdline:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            for _ in range(500):
+                if not pathlib.Path(f"/proc/{pid}").exists():
+                    return
+                time.sleep(0.01)
 
     def _wait_ready(self, timeout: float, log_offset: int) -> None:
         assert self._proc is not None
@@ -183,6 +211,8 @@ class RedisProcess:
         atexit.unregister(self.stop)
         if proc is None or proc.poll() is not None:
             return
+        with contextlib.suppress(OSError):
+            self.pid_path.unlink()
         proc.send_signal(sig)
         try:
             proc.wait(timeout=5)

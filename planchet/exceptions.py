@@ -81,6 +81,13 @@ class ServerError(PlanchetError):
     code = "server_error"
 
 
+class Unavailable(ServerError):
+    """Storage is down for a moment; nothing was changed. Results sent are dropped and
+    their items requeued once the server has reloaded the job."""
+
+    code = "unavailable"
+
+
 class ConnectionLost(PlanchetError):
     """The client could not reach the server, even after retrying."""
 
@@ -101,6 +108,7 @@ ERRORS_BY_CODE: dict[str, type[PlanchetError]] = {
         JobConflict,
         FormatError,
         ServerError,
+        Unavailable,
         ConnectionLost,
     )
 }

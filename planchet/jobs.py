@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import redis.exceptions
 
-from .exceptions import BadRequest, PlanchetError, ServerError
+from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats import ErrorLog, Position, Reader, Writer, get_reader, get_writer
 from .messages import Ack, Item, ItemError
 from .spec import JobSpec
@@ -148,7 +148,7 @@ class Job:
             return await step
         except (redis.exceptions.RedisError, OSError) as exc:
             self.broken = f"storage failed: {exc}"
-            raise ServerError(f"job {self.name}: {self.broken}") from exc
+            raise Unavailable(f"job {self.name}: {self.broken}") from exc
 
     # --- serving ----------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 LeasedItem = tuple[int, Any, int]  # id, item, attempts so far
 
@@ -65,7 +67,11 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "planchet:") -> Store:
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=2), prefix)
+        # No automatic retries: a transaction retried after its reply was lost would be
+        # applied twice (a batch queued twice). A failed step instead marks the job
+        # broken, and reopening it reloads the truth from Redis.
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        return cls(client, prefix)
 
     async def close(self) -> None:
         await self.redis.aclose()
