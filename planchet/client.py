@@ -237,7 +237,11 @@ class PlanchetClient:
                 self._send(Credit(job=job, batches=wanted[0], batch_size=n_items,
                                   token=token or self.token))
                 self._credit[job] = wanted
-            self._receive()
+            try:
+                self._receive()
+            except PlanchetError:  # e.g. a refused credit: send it again next time
+                self._credit.pop(job, None)
+                raise
         if not queue:
             return []
         batch = queue.popleft()
