@@ -155,6 +155,8 @@ class Dispatcher:
                         await job.expire()
                 except PlanchetError as exc:
                     log.warning("maintenance of %s: %s", job.name, exc)
+                except Exception:  # a bug in one job must not stop expiry for them all
+                    log.exception("maintenance of %s failed", job.name)
 
     def connect(self, send: Send, hello: Hello) -> Session:
         session = Session(send, hello.token)
@@ -222,7 +224,7 @@ class Dispatcher:
         return job.report()
 
     async def _server_command(self, session: Session, msg: ServerCommand) -> Any:
-        self._check_master(msg.token or session.token)
+        self._check_master(msg.token, session.token)
         if msg.type == "jobs":
             return [job.report() for job in self.jobs.values()]
         async with self._admin:
@@ -242,10 +244,11 @@ class Dispatcher:
                 self._check_job_token(job.name, token)
                 if not msg.clean_start:
                     return await self._resume(job, spec)
-                await self._remove(job)
-            else:
-                self._check_master(token, to="create a job")
+            else:  # the hello may prove the master token while ``msg.token`` is the job's
+                self._check_master(msg.token, session.token, to="create a job")
             await self._claim_files(spec, fresh=msg.clean_start)
+            if job is not None:  # only now: a refused clean start keeps the old job
+                await self._remove(job)
             job = await self._create(spec, _digest(msg.token) if msg.token else "")
             return job.report()
 
@@ -321,8 +324,9 @@ class Dispatcher:
         master = self.settings.token
         return bool(master and token and hmac.compare_digest(master, token))
 
-    def _check_master(self, token: str | None, to: str = "do this") -> None:
-        if self.settings.token and not self._is_master(token):
+    def _check_master(self, *tokens: str | None, to: str = "do this") -> None:
+        """Pass if any of ``tokens`` (a message's, its session's) is the master token."""
+        if self.settings.token and not any(self._is_master(t) for t in tokens):
             raise AuthError(f"the server's master token is needed to {to}")
 
     def _check_job_token(self, name: str, token: str | None) -> None:

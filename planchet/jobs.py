@@ -78,14 +78,21 @@ class Job:
     # --- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """(Re)load the job from Redis: requeue leases, cut files back, seek the reader."""
+        """(Re)load the job from Redis: requeue leases, cut files back, seek the reader.
+
+        A job whose last step committed but whose ``done`` did not (a crash in between)
+        is finished here, since no later step would notice.
+        """
         async with self.lock:
             self._close_files()
             for lease in self.leases.values():
                 lease.owner.leases.discard(lease.id)
             self.leases.clear()
-            fields = await self.store.read_job(self.name)
-            queue = await self.store.requeue_all_leases(self.name)
+            fields = await self._guard(self.store.read_job(self.name))
+            if "spec" not in fields:  # opening would cut the output back to nothing
+                self.broken = "its state is gone from Redis"
+                raise ServerError(f"job {self.name}: {self.broken}")
+            queue = await self._guard(self.store.requeue_all_leases(self.name))
             self.queued = sum(len(batch) for batch in queue)
             self.state = fields.get("state", RUNNING)
             self.counts = {
@@ -97,6 +104,7 @@ class Job:
                 self._open_files()
             self.broken = None
             self._history.clear()
+            await self._check_done()
             self._notify()
 
     def _open_files(self) -> None:
@@ -260,10 +268,10 @@ class Job:
         fresh = await self._guard(self.store.new_ids(self.name, ids))
         accepted = [(i, unique[i]) for i, new in zip(ids, fresh, strict=True) if new]
         outcome = Outcome()
-        outcome.dead = [(e.id, e.message, 1) for e in errors]
         written = await self._write(outcome, accepted, {i: (None, 0) for i in ids})
-        failed_ids = {i for i, _, _ in outcome.dead}
-        outcome.change.written_ids = [i for i, _ in accepted if i not in failed_ids]
+        refused = {i for i, _, _ in outcome.dead}  # only these never reached the file
+        outcome.change.written_ids = [i for i, _ in accepted if i not in refused]
+        outcome.dead += [(e.id, e.message, 1) for e in errors]
         await self._commit(outcome)
         return Ack(job=self.name, lease=None, written=written, failed=len(outcome.dead),
                    dropped=len(results) - len(accepted))
@@ -311,11 +319,20 @@ class Job:
             return len(expired)
 
     async def _commit(self, outcome: Outcome) -> None:
-        """Log dead items, then commit the step; memory changes only after Redis has."""
+        """Log dead items, then commit the step; memory changes only after Redis has.
+
+        A failed log write breaks the job like a failed Redis write: the step may already
+        have appended output or moved the reader, and only ``open`` puts both back.
+        """
         change = outcome.change
         if outcome.dead:
             assert self.errors is not None
-            change.fields["err_offset"] = await asyncio.to_thread(self.errors.write, outcome.dead)
+            try:
+                offset = await asyncio.to_thread(self.errors.write, outcome.dead)
+            except PlanchetError as exc:
+                self.broken = f"storage failed: {exc}"
+                raise
+            change.fields["err_offset"] = offset
             change.fields["failed"] = self.counts["failed"] + len(outcome.dead)
         await self._guard(self.store.apply(self.name, change))
         for key, value in change.fields.items():
@@ -344,7 +361,8 @@ class Job:
         c = self.counts
         in_flight = sum(len(le.items) for le in self.leases.values())
         rate = self._rate()
-        size = self.reader.size() if self.reader is not None else c["offset"]
+        # a read-out file is closed and may be gone: its size is what was read
+        size = self.reader.size() if self.reader and not c["exhausted"] else c["offset"]
         remaining = in_flight + self.queued
         if not c["exhausted"] and c["offset"]:
             remaining += round(c["next_id"] * max(size - c["offset"], 0) / c["offset"])

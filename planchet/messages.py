@@ -180,13 +180,23 @@ def _validate(adapter: TypeAdapter[Any], frame: bytes | str) -> Any:
     data = _parse(frame)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError('a frame must be a JSON object with a string "type"')
+    kind = _shorten(data["type"])
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors[0]["type"] == "union_tag_invalid":  # pydantic would echo the type twice
+            known = errors[0]["ctx"]["expected_tags"]
+            raise ProtocolError(f"unknown message type {kind!r}; known: {known}") from None
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}" for e in exc.errors()[:5]
+            f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}" for e in errors[:5]
         )
-        raise ProtocolError(f"invalid {data['type']!r} message: {problems}") from None
+        raise ProtocolError(f"invalid {kind!r} message: {problems}") from None
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """Client text quoted in an error, cut so an error frame stays small."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def decode_client(frame: bytes | str) -> ClientMessage:

@@ -110,16 +110,16 @@ class PlanchetServer:
         try:
             await send(Welcome(server=f"planchet {__version__}",
                                max_message_bytes=self.settings.max_message_bytes))
-            async for frame in ws:
-                if not await self._frame(ws, session, frame):
-                    break
+            # bytes, text frames too: the limit counts bytes and orjson parses them as they are
+            while await self._frame(ws, session, await ws.recv(decode=False)):
+                pass
         except ConnectionClosed:
             pass
         finally:
             await self.dispatcher.disconnect(session)
 
     async def _hello(self, ws: ServerConnection) -> Hello:
-        frame = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
+        frame = await asyncio.wait_for(ws.recv(decode=False), HELLO_TIMEOUT)
         msg = decode_client(frame)
         if not isinstance(msg, Hello):
             raise ProtocolError(f"the first frame must be 'hello', not {msg.type!r}")
@@ -129,7 +129,7 @@ class PlanchetServer:
             )
         return msg
 
-    async def _frame(self, ws: ServerConnection, session: Session, frame: str | bytes) -> bool:
+    async def _frame(self, ws: ServerConnection, session: Session, frame: bytes) -> bool:
         """Handle one frame; False when the connection must close."""
         limit = self.settings.max_message_bytes
         try:
@@ -167,7 +167,16 @@ async def _refuse(ws: ServerConnection, exc: ProtocolError) -> None:
     code = 1002 if isinstance(exc, _WrongVersion) else close_code(exc)
     with contextlib.suppress(ConnectionClosed):
         await ws.send(encode(Error(code=exc.code, message=exc.message)))
-        await ws.close(code, exc.message[:120])
+        await ws.close(code, _close_reason(exc.message))
+
+
+def _close_reason(message: str) -> str:
+    """``message`` cut to the 123 bytes of UTF-8 a close frame has room for.
+
+    Cutting characters is not enough: a longer reason makes ``close`` raise, and the
+    connection then ends with 1011 instead of the code that says what was wrong.
+    """
+    return message.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
 async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None = None) -> None:

@@ -9,14 +9,18 @@ other's keys, and a test may kill or restart its server without hurting the othe
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+from planchet.config import Settings
 from planchet.embedded import RedisProcess
+from planchet.server import PlanchetServer
+from planchet.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +71,66 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+# --- Planchet on top of the services above --------------------------------------------
+
+ISSUES_FILE = "github_issue_titles.jsonl"  # 830 lines, shared with the other suites
+
+
+@pytest.fixture
+def issues_input(data_dir: Path, shared_data: Path) -> Path:
+    """A private copy of the 830-line issue titles file, as ``data_dir/in.jsonl``.
+
+    A copy, because some tests scribble over their input to prove it is not read again.
+    """
+    path = data_dir / "in.jsonl"
+    path.write_bytes((shared_data / ISSUES_FILE).read_bytes())
+    return path
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    """A ``Store`` on this test's own Redis, closed after."""
+    result = Store.from_url(redis_url)
+    try:
+        yield result
+    finally:
+        await result.close()
+
+
+@pytest.fixture
+def settings(data_dir: Path, redis_url: str) -> Settings:
+    """Server settings for this test: its data dir and Redis, port 0, a fast lease clock.
+
+    ``env={}`` so a developer's ``PLANCHET_*`` variables cannot change what a test sees.
+    """
+    return Settings.load(env={}, data_dir=data_dir, port=0, redis_url=redis_url, tick=0.05)
+
+
+@pytest.fixture
+async def make_server(
+    settings: Settings, redis_url: str
+) -> AsyncIterator[Callable[..., Awaitable[PlanchetServer]]]:
+    """Start ``PlanchetServer``s on free ports (``settings`` plus overrides); stop them after."""
+    started: list[tuple[PlanchetServer, Store]] = []
+
+    async def start(**overrides: object) -> PlanchetServer:
+        store = Store.from_url(redis_url)
+        server = PlanchetServer(dataclasses.replace(settings, **overrides), store)
+        started.append((server, store))
+        await server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server, server_store in reversed(started):
+            await server.stop()
+            await server_store.close()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[PlanchetServer]]) -> PlanchetServer:
+    """A started server with the default ``settings``; its URL is ``ws://127.0.0.1:<port>``."""
+    return await make_server()

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from planchet import PlanchetClient
-from planchet.embedded import RedisProcess, free_port
+from planchet.embedded import free_port
 
 WORKER = Path(__file__).with_name("worker.py")
 REPEAT = 10  # 200 headlines x 10 = 2,000 items
