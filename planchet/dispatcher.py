@@ -14,12 +14,20 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .exceptions import AuthError, JobConflict, JobNotFound, PlanchetError, ProtocolError
+from .exceptions import (
+    AuthError,
+    FormatError,
+    JobConflict,
+    JobNotFound,
+    PlanchetError,
+    ProtocolError,
+    Unavailable,
+)
 from .jobs import PAUSED, RUNNING, Job
 from .messages import (
     Batch,
@@ -113,6 +121,7 @@ class Dispatcher:
         self.tokens: dict[str, str] = {}  # job name -> sha256 of its token
         self.sessions: set[Session] = set()
         self._admin = asyncio.Lock()
+        self.stopping = False  # set by a graceful shutdown: leases return uncharged
         self._maintenance: asyncio.Task[None] | None = None
 
     # --- life cycle -------------------------------------------------------------------
@@ -127,7 +136,8 @@ class Dispatcher:
             try:
                 await job.open()
             except PlanchetError as exc:  # one broken job must not stop the server
-                job.broken = str(exc)
+                if not isinstance(exc, Unavailable):  # storage failures are retried
+                    job.broken = str(exc)
                 log.error("job %s cannot be opened: %s", name, exc)
         self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
 
@@ -171,7 +181,7 @@ class Dispatcher:
         for sub in subscriptions:
             await sub.stop()
             try:
-                await sub.job.release(sub)
+                await sub.job.release(sub, charge=not self.stopping)
             except PlanchetError as exc:  # storage down: reopening the job requeues it
                 log.warning("release on %s: %s", sub.job.name, exc)
 
@@ -247,9 +257,12 @@ class Dispatcher:
             else:  # the hello may prove the master token while ``msg.token`` is the job's
                 self._check_master(msg.token, session.token, to="create a job")
             await self._claim_files(spec, fresh=msg.clean_start)
+            _check_input(spec)
+            token_digest = _digest(msg.token) if msg.token else ""
             if job is not None:  # only now: a refused clean start keeps the old job
+                token_digest = token_digest or self.tokens.get(job.name, "")
                 await self._remove(job)
-            job = await self._create(spec, _digest(msg.token) if msg.token else "")
+            job = await self._create(spec, token_digest)
             return job.report()
 
     async def _resume(self, job: Job, spec: JobSpec) -> dict[str, Any]:
@@ -268,15 +281,19 @@ class Dispatcher:
         return job.report()
 
     async def _claim_files(self, spec: JobSpec, fresh: bool) -> None:
-        """Refuse files another job writes, and existing output unless starting fresh."""
-        for path in spec.files:
-            owner = await self.store.owner_of(path)
+        """Refuse files another job writes or reads, and existing data unless fresh."""
+        for path in [*spec.files, spec.input_path]:
+            owner = await self.store.owner_of(path) if path else None
             if owner and owner != spec.name:
                 raise JobConflict(f"{path} is written by job {owner}")
-        if not fresh and spec.output_path and _nonempty(Path(spec.output_path)):
-            raise JobConflict(
-                f"{spec.output_path} already has data; remove it or use clean_start to overwrite"
-            )
+        for other in self.jobs.values():
+            if other.name != spec.name and other.spec.input_path in spec.files:
+                raise JobConflict(f"{other.spec.input_path} is the input of job {other.name}")
+        for path in spec.files:
+            if not fresh and _nonempty(Path(path)):
+                raise JobConflict(
+                    f"{path} already has data; remove it or use clean_start to overwrite"
+                )
 
     async def _create(self, spec: JobSpec, token_digest: str) -> Job:
         fields = {"spec": spec.model_dump_json(), "token": token_digest, "state": RUNNING}
@@ -292,10 +309,9 @@ class Dispatcher:
         return job
 
     async def _remove(self, job: Job) -> None:
+        await self._tell(job, "deleted")
         for sub in [w for w in job.watchers if isinstance(w, Subscription)]:
             sub.session.subscriptions.pop(job.name, None)
-            with contextlib.suppress(Exception):
-                await sub.session.send(Event(job=job.name, event="deleted"))
             await sub.stop()
         await job.close()
         await self.store.delete_job(job.name, job.spec.files)
@@ -303,9 +319,9 @@ class Dispatcher:
         self.tokens.pop(job.name, None)
 
     async def _tell(self, job: Job, event: str) -> None:
+        """Tell the job's subscribers, without waiting on any slow reader of them."""
         for sub in [w for w in job.watchers if isinstance(w, Subscription)]:
-            with contextlib.suppress(Exception):
-                await sub.session.send(Event(job=job.name, event=event))  # type: ignore[arg-type]
+            _spawn(sub.session.send(Event(job=job.name, event=event)))  # type: ignore[arg-type]
 
     # --- auth -------------------------------------------------------------------------
 
@@ -337,6 +353,26 @@ class Dispatcher:
             raise AuthError(f"job {name} needs its token")
         if not hmac.compare_digest(expected, _digest(token)):
             raise AuthError(f"wrong token for job {name}")
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a best-effort send in the background, keeping a reference until it ends."""
+    task = asyncio.ensure_future(_quietly(coro))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(Exception):
+        await coro
+
+
+def _check_input(spec: JobSpec) -> None:
+    if spec.input_path and not Path(spec.input_path).is_file():
+        raise FormatError(f"cannot open {spec.input_path}: no such file")
 
 
 def _nonempty(path: Path) -> bool:

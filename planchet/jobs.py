@@ -261,9 +261,11 @@ class Job:
         """A write-only job takes items that were never leased, each id once."""
         if self.spec.mode != "write":
             raise BadRequest("a result needs a lease, except in a write-only job")
-        if self.broken or self.state == DONE:
-            raise ServerError(f"job {self.name} cannot take results now: {self.broken or 'done'}")
-        unique = dict(reversed(results))  # the first result for an id wins
+        if self.broken:
+            raise Unavailable(f"job {self.name} cannot take results now: {self.broken}")
+        unique: dict[int, Any] = {}
+        for i, item in results:
+            unique.setdefault(i, item)  # the first result for an id wins; order is kept
         ids = list(unique)
         fresh = await self._guard(self.store.new_ids(self.name, ids))
         accepted = [(i, unique[i]) for i, new in zip(ids, fresh, strict=True) if new]
@@ -271,7 +273,7 @@ class Job:
         written = await self._write(outcome, accepted, {i: (None, 0) for i in ids})
         refused = {i for i, _, _ in outcome.dead}  # only these never reached the file
         outcome.change.written_ids = [i for i, _ in accepted if i not in refused]
-        outcome.dead += [(e.id, e.message, 1) for e in errors]
+        outcome.dead += [(e.id, e.message, 1) for e in errors if e.id not in unique]
         await self._commit(outcome)
         return Ack(job=self.name, lease=None, written=written, failed=len(outcome.dead),
                    dropped=len(results) - len(accepted))
@@ -285,10 +287,14 @@ class Job:
         else:
             outcome.dead.append((item_id, reason, attempts))
 
-    async def _fail_lease(self, lease: Lease, reason: str) -> None:
+    async def _fail_lease(self, lease: Lease, reason: str, charge: bool = True) -> None:
+        """End a lease its owner did not settle; ``charge`` counts it as a failed attempt."""
         outcome = Outcome()
-        for item_id, entry in lease.items.items():
-            self._fail_item(outcome, item_id, entry, reason)
+        for item_id, (item, attempts) in lease.items.items():
+            if charge:
+                self._fail_item(outcome, item_id, (item, attempts), reason)
+            else:
+                outcome.change.requeue.append((item_id, item, attempts))
         outcome.change.drop_lease = lease.id
         await self._commit(outcome)
         self._release(lease)
@@ -299,13 +305,17 @@ class Job:
         lease.owner.leases.discard(lease.id)
         lease.owner.wake()
 
-    async def release(self, owner: Watcher, reason: str = "worker disconnected") -> None:
-        """Give back every lease of ``owner`` (its connection closed): requeue at once."""
+    async def release(self, owner: Watcher, charge: bool = True) -> None:
+        """Give back every lease of ``owner`` (its connection closed): requeue at once.
+
+        A worker that vanished counts an attempt (so an item that kills its workers
+        ends in the error file); a server shutting down (``charge=False``) does not.
+        """
         async with self.lock:
             for lease in [le for le in self.leases.values() if le.owner is owner]:
                 if self.broken:
                     return  # ``open`` will requeue it from Redis
-                await self._fail_lease(lease, reason)
+                await self._fail_lease(lease, "worker disconnected", charge)
 
     async def expire(self, now: float | None = None) -> int:
         """Requeue leases past their deadline (a hung worker); return how many."""

@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+)
 
 from .exceptions import BadFrame, ProtocolError
 
@@ -19,7 +27,8 @@ PROTOCOL_VERSION = 1
 
 JobName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Mode = Literal["read", "write", "read-write"]
-Item = tuple[int, Any]
+Id = Annotated[int, Strict()]  # no "1" or true for 1: an id is a JSON integer
+Item = tuple[Id, Any]
 MAX_BATCH_SIZE = 10_000
 MAX_PREFETCH = 64
 
@@ -53,9 +62,9 @@ class Credit(Message):
 class ItemError(Message):
     """A worker's failure on one item; ``retry=False`` sends it to the error file now."""
 
-    id: int
+    id: Id
     message: str
-    retry: bool = True
+    retry: StrictBool = True
 
 
 class Result(Message):
@@ -73,7 +82,7 @@ class StartJob(Message):
     """Create a job, or resume it when the spec is the same."""
 
     type: Literal["start_job"] = "start_job"
-    id: int
+    id: Id
     job: JobName
     reader: str | None = None
     writer: str | None = None
@@ -82,7 +91,7 @@ class StartJob(Message):
     batch_size: int = Field(default=100, ge=1, le=MAX_BATCH_SIZE)
     lease_timeout: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
-    clean_start: bool = False
+    clean_start: StrictBool = False
     token: str | None = None
 
 
@@ -90,7 +99,7 @@ class JobCommand(Message):
     """An operation on one job, answered by a ``reply``."""
 
     type: Literal["report", "pause", "resume", "delete", "clean"]
-    id: int
+    id: Id
     job: JobName
     token: str | None = None
 
@@ -99,7 +108,7 @@ class ServerCommand(Message):
     """A server-wide operation: list the jobs, or purge them all (master token)."""
 
     type: Literal["jobs", "purge"]
-    id: int
+    id: Id
     token: str | None = None
 
 

@@ -74,6 +74,7 @@ class PlanchetServer:
 
     async def stop(self) -> None:
         """Stop accepting, close every connection (requeueing its work), close files."""
+        self.dispatcher.stopping = True
         if self.server is not None:
             self.server.close(close_connections=True)
             await self.server.wait_closed()
@@ -93,6 +94,7 @@ class PlanchetServer:
         }
         status = http.HTTPStatus.OK if redis_ok else http.HTTPStatus.SERVICE_UNAVAILABLE
         response = connection.respond(status, orjson.dumps(body).decode() + "\n")
+        del response.headers["Content-Type"]
         response.headers["Content-Type"] = "application/json"
         return response
 

@@ -17,6 +17,7 @@ from .formats import get_reader, get_writer
 from .messages import Mode, StartJob
 
 ERROR_SUFFIX = ".errors.jsonl"
+PRIVATE_DIR = ".planchet"  # the embedded Redis keeps its files here
 
 
 class JobSpec(BaseModel):
@@ -54,6 +55,8 @@ def resolve_inside(data_dir: Path, raw: Any, key: str) -> Path:
     path = (root / raw).resolve()
     if not path.is_relative_to(root):
         raise PathRefused(f"{key} {raw!r} is outside the data directory")
+    if path.is_relative_to(root / PRIVATE_DIR):
+        raise PathRefused(f"{key} {raw!r} is in the server's own {PRIVATE_DIR} directory")
     return path
 
 

@@ -666,3 +666,73 @@ async def test_maintenance_expires_hung_leases(
     assert ids_of(again) == ids_of(lost)
     ack = await hung.settle(lost)
     assert (ack.written, ack.dropped) == (0, 10)
+
+
+# --- shutdown, file claims, tokens on a clean start --------------------------------------
+
+
+async def test_a_graceful_stop_does_not_use_up_attempts(
+    make_dispatcher: MakeDispatcher, issues_input: Path, data_dir: Path
+) -> None:
+    first = await make_dispatcher()
+    peer = Peer(first)
+    await peer.start(max_attempts=1)
+    await peer.credit(2)
+    held = ids_of(await peer.next_batch()) | ids_of(await peer.next_batch())
+    first.stopping = True  # what PlanchetServer.stop sets before closing connections
+    await first.disconnect(peer.session)
+    assert error_ids(data_dir / "j.out.jsonl.errors.jsonl") == []
+    job = first.jobs["j"]
+    assert job.queued == len(held) and job.counts["failed"] == 0
+
+
+async def test_a_vanished_worker_uses_up_an_attempt(
+    dispatcher: Dispatcher, issues_input: Path, data_dir: Path
+) -> None:
+    peer = Peer(dispatcher)
+    await peer.start(max_attempts=1)
+    await peer.credit(1)
+    held = ids_of(await peer.next_batch())
+    await dispatcher.disconnect(peer.session)  # an item that kills its workers ends here
+    assert sorted(error_ids(data_dir / "j.out.jsonl.errors.jsonl")) == sorted(held)
+
+
+async def test_files_of_other_jobs_and_existing_errors_are_refused(
+    dispatcher: Dispatcher, issues_input: Path, data_dir: Path
+) -> None:
+    peer = Peer(dispatcher)
+    await peer.start("a")
+    with pytest.raises(JobConflict, match="input of job a"):
+        await peer.start("b", metadata={"input_file_path": "x.jsonl",
+                                        "output_file_path": "in.jsonl"})
+    with pytest.raises(JobConflict, match="written by job a"):
+        await peer.start("c", metadata={"input_file_path": "a.out.jsonl",
+                                        "output_file_path": "c.jsonl"})
+    (data_dir / "d.out.jsonl.errors.jsonl").write_text('{"id": 1, "error": "old"}\n')
+    with pytest.raises(JobConflict, match="already has data"):
+        await peer.start("d")
+    with pytest.raises(PathRefused, match=r"own \.planchet directory"):
+        await peer.start("e", metadata={"input_file_path": "in.jsonl",
+                                        "output_file_path": ".planchet/redis/appendonly.aof"})
+
+
+async def test_clean_start_without_a_token_keeps_the_jobs_token(
+    dispatcher: Dispatcher, issues_input: Path
+) -> None:
+    owner = Peer(dispatcher, token="t0k")
+    await owner.start(token="t0k")
+    await owner.start(clean_start=True)  # authorised by the hello token; sets no new one
+    with pytest.raises(AuthError):
+        await Peer(dispatcher).credit(1)
+
+
+async def test_write_only_keeps_order_and_ignores_errors_for_results(
+    dispatcher: Dispatcher, data_dir: Path
+) -> None:
+    peer = Peer(dispatcher)
+    await peer.start("w", reader=None, mode="write",
+                     metadata={"output_file_path": "w.jsonl"})
+    ack = await peer.request(Result(job="w", items=[(3, "c"), (1, "a"), (3, "x"), (2, "b")],
+                                    errors=[ItemError(id=1, message="late")]))
+    assert (ack.written, ack.failed, ack.dropped) == (3, 0, 1)
+    assert output_ids(data_dir / "w.jsonl") == [3, 1, 2]

@@ -256,3 +256,14 @@ def test_messages_are_immutable() -> None:
     msg = Credit(job="j", batches=1)
     with pytest.raises(ValueError, match="frozen"):
         msg.batches = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("frame", [
+    b'{"type": "result", "job": "j", "lease": "l", "items": [["1", {}]]}',
+    b'{"type": "result", "job": "j", "lease": "l", "items": [[true, {}]]}',
+    b'{"type": "report", "id": "7", "job": "j"}',
+    b'{"type": "start_job", "id": 1, "job": "j", "clean_start": "no"}',
+])
+def test_ids_and_flags_are_not_coerced(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_client(frame)

@@ -375,3 +375,11 @@ async def test_stopping_gives_the_work_back(
     assert await run_job(ws) == LINES
     assert output_ids(data_dir / "out.jsonl") == list(range(LINES))
     await ws.close()
+
+
+async def test_health_is_json_with_one_content_type(server: PlanchetServer) -> None:
+    def headers() -> list[str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/health") as response:
+            return response.headers.get_all("Content-Type")
+
+    assert await asyncio.to_thread(headers) == ["application/json"]
