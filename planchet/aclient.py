@@ -24,7 +24,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .client import DEFAULT_URL, backoff_delays, hello_message, websocket_url
-from .exceptions import ConnectionLost, ProtocolError, Unavailable, error_from_code
+from .exceptions import (
+    ConnectionLost,
+    JobNotFound,
+    ProtocolError,
+    Unavailable,
+    error_from_code,
+)
 from .messages import (
     Ack,
     Batch,
@@ -144,8 +150,10 @@ class AsyncPlanchetClient:
             case Batch():
                 self._queues[msg.job].put_nowait(
                     WorkBatch(self, msg.job, msg.lease, msg.items, msg.lease_timeout))
-            case Event(event="done" | "deleted"):
+            case Event(event="done"):
                 self._queues[msg.job].put_nowait(_DONE)
+            case Event(event="deleted"):
+                self._queues[msg.job].put_nowait(JobNotFound(f"job {msg.job} was deleted"))
             case Reply() | Error() if msg.id is not None:
                 self._resolve(msg.id, msg)
             case Ack():

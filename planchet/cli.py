@@ -1,16 +1,55 @@
-"""The ``planchet`` command: serve, and manage jobs from the shell."""
+"""The ``planchet`` command: serve, and manage jobs from the shell.
+
+Every client command takes ``--url`` (default ``$PLANCHET_URL``, else
+ws://127.0.0.1:5005) and ``--token`` (default ``$PLANCHET_TOKEN``), so a shell that
+exports them can drive a server without repeating itself. Errors the server reports
+come out as ``planchet: <code>: <message>`` on stderr with exit status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
+from .client import DEFAULT_URL, PlanchetClient
 from .config import DEFAULT_PORT, Settings
 from .exceptions import PlanchetError
+
+WORK_HELP = """\
+Run a worker that pipes each batch through COMMAND as JSON lines, so a worker can
+be written in any language.
+
+COMMAND reads one line per item, {"id": ID, "item": ITEM}, on stdin and writes one
+line per item on stdout: {"id": ID, "result": RESULT} or {"id": ID, "error": "why"}
+(add "retry": false to send the item to the error file at once). Answers may come in
+any order; flush stdout after each line, and write anything else to stderr.
+
+By default COMMAND is started once and kept running as a co-process (so it loads
+its model or opens its connections once): for each batch the worker writes the
+batch's lines and reads exactly as many lines back. If it crashes mid-batch, the
+first unanswered item is reported as an error (the one it was working on, for a
+program that answers in order), it is restarted and the rest of the batch goes to
+it again. With --per-batch, COMMAND is started afresh for each batch, its stdin is
+closed after the batch, and every line it writes until it exits is read: handy
+for filters such as `jq -c`. A program that has not answered a batch within its
+lease timeout is killed (and restarted for the next batch).
+
+Items without a valid answer are reported as errors; the server retries them up to
+the job's max_attempts, then writes them to the job's error file. Exits 0 once the
+job is done.
+
+Example:  planchet work my-job -- python examples/uppercase.py
+"""
+
+
+# --- commands ---------------------------------------------------------------------------
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -24,15 +63,197 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="planchet",
-        description="Dispatch the items of a large JSONL or CSV file to many workers.",
-    )
-    parser.add_argument("--version", action="version", version=f"planchet {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _client(args: argparse.Namespace) -> PlanchetClient:
+    return PlanchetClient(args.url, args.token, retries=2, timeout=60)
 
+
+def _start(args: argparse.Namespace) -> int:
+    reader, writer = _reader_writer(args)
+    metadata = dict(_parse_meta(args.meta))
+    if args.input:
+        metadata["input_file_path"] = args.input
+    if args.output:
+        metadata["output_file_path"] = args.output
+    options = {k: v for k, v in (("batch_size", args.batch_size),
+                                 ("lease_timeout", args.lease_timeout),
+                                 ("max_attempts", args.max_attempts)) if v is not None}
+    with _client(args) as client:
+        report = client.start_job(args.job, metadata, reader, writer_name=writer,
+                                  clean_start=args.clean_start, token=args.job_token,
+                                  mode=args.mode, **options)
+    _print_report(report, args.json)
+    return 0
+
+
+def _reader_writer(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """JSONL by default, for whichever side the mode needs."""
+    reader = args.reader or ("JsonlReader" if args.mode != "write" else None)
+    writer = args.writer or ("JsonlWriter" if args.mode != "read" else None)
+    return reader, writer
+
+
+def _parse_meta(pairs: Sequence[str]) -> list[tuple[str, Any]]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON (1, true, [..]) is taken as such."""
+    parsed = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise PlanchetError(f"--meta wants KEY=VALUE, not {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        parsed.append((key, value))
+    return parsed
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reports = client.list_jobs()
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    else:
+        print(format_table(reports))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        report = client.get_job_report(args.job)
+    _print_report(report, args.json)
+    return 0
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    """pause, resume or delete."""
+    with _client(args) as client:
+        action = {"pause": client.pause_job, "resume": client.resume_job,
+                  "delete": client.delete_job}[args.command]
+        reply = action(args.job)
+    if args.command == "delete" and not args.json:
+        print(f"deleted job {args.job} (its output and error files stay on disk)")
+    elif args.command == "delete":
+        print(json.dumps(reply, indent=2))
+    else:
+        _print_report(reply, args.json)
+    return 0
+
+
+def _work(args: argparse.Namespace) -> int:
+    from .worker import work
+
+    if not args.program:
+        raise PlanchetError("planchet work needs a command to run, after --")
+    tally = asyncio.run(work(args.job, args.program, url=args.url, token=args.token,
+                             prefetch=args.prefetch, batch_size=args.batch_size,
+                             per_batch=args.per_batch))
+    print(f"{args.job}: done; {tally.summary()}")
+    return 0
+
+
+# --- formatting -------------------------------------------------------------------------
+
+
+def human_duration(seconds: float | None) -> str:
+    """``None`` -> "unknown"; 75 -> "1m 15s"; 7300 -> "2h 01m"."""
+    if seconds is None:
+        return "unknown"
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _progress(report: dict[str, Any]) -> str:
+    read, done_bytes, total = report["read"], report["bytes_read"], report["bytes_total"]
+    if report.get("exhausted"):
+        return f"{read:,} items read (the whole input)"
+    if not total:
+        return f"{read:,} items read"
+    estimate = f" of ~{round(read * total / done_bytes):,}" if done_bytes else ""
+    share = 100 * done_bytes / total
+    return f"{read:,}{estimate} items read ({share:.0f}% of {human_bytes(total)})"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A job report as aligned ``label  value`` lines, for people."""
+    state = report["state"]
+    eta = "done" if state == "done" else human_duration(report.get("eta_seconds"))
+    if state == "paused":
+        eta = "paused"
+    rows = [
+        ("job", f"{report['job']} ({state}, {report.get('mode', 'read-write')})"),
+        ("progress", _progress(report)),
+        ("written", f"{report['written']:,}"),
+        ("failed", f"{report['failed']:,}"),
+        ("in flight", f"{report['in_flight']:,}"),
+        ("queued", f"{report['queued']:,}"),
+        ("rate", f"{report.get('rate') or 0:,.1f} items/s"),
+        ("eta", eta),
+    ]
+    if report.get("error"):
+        rows.append(("error", str(report["error"])))
+    return "\n".join(f"{label:<10} {value}" for label, value in rows)
+
+
+TABLE_COLUMNS = (("NAME", "job"), ("STATE", "state"), ("WRITTEN", "written"),
+                 ("FAILED", "failed"), ("IN FLIGHT", "in_flight"), ("QUEUED", "queued"),
+                 ("RATE/S", "rate"))
+
+
+def format_table(reports: list[dict[str, Any]]) -> str:
+    """``planchet jobs``: one row per job, numbers right-aligned."""
+    if not reports:
+        return "no jobs"
+    rows = [[h for h, _ in TABLE_COLUMNS]]
+    for r in sorted(reports, key=lambda r: r["job"]):
+        rows.append([_cell(r.get(key)) for _, key in TABLE_COLUMNS])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(TABLE_COLUMNS))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+        cells += [v.rjust(w) for v, w in zip(row[2:], widths[2:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def _client_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("PLANCHET_URL", DEFAULT_URL),
+                        help="server URL (default $PLANCHET_URL or %(default)s)")
+    common.add_argument("--token", default=os.environ.get("PLANCHET_TOKEN"),
+                        help="master or job token (default $PLANCHET_TOKEN)")
+    return common
+
+
+def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="run the server",
         description="Run the server. Every option can also be set as PLANCHET_<OPTION>.",
@@ -45,12 +266,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--token", help="master token for server-wide operations")
     serve.set_defaults(func=_serve)
+
+
+def _add_start(commands: Any, common: argparse.ArgumentParser) -> None:
+    start = commands.add_parser(
+        "start", parents=[common], help="start (or resume) a job",
+        description="Start a job, or resume it if it exists with the same files; "
+                    "paths are relative to the server's data dir. Prints the report.",
+    )
+    start.add_argument("job")
+    start.add_argument("--reader", help="JsonlReader or CsvReader (default JsonlReader)")
+    start.add_argument("--writer", help="JsonlWriter or CsvWriter (default JsonlWriter)")
+    start.add_argument("--input", help="input file (metadata input_file_path)")
+    start.add_argument("--output", help="output file (metadata output_file_path)")
+    start.add_argument("--mode", choices=("read", "write", "read-write"), default="read-write")
+    start.add_argument("--batch-size", type=int, help="items per batch (server default 100)")
+    start.add_argument("--lease-timeout", type=float,
+                       help="seconds a worker may hold a batch (server default 300)")
+    start.add_argument("--max-attempts", type=int,
+                       help="tries per item before it goes to the error file (default 5)")
+    start.add_argument("--clean-start", action="store_true",
+                       help="start from the top, overwriting the output")
+    start.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                       help="more metadata for the reader/writer (repeatable)")
+    start.add_argument("--job-token", help="a token the job's workers will need")
+    start.add_argument("--json", action="store_true", help="print the raw report")
+    start.set_defaults(func=_start)
+
+
+def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    jobs = commands.add_parser("jobs", parents=[common], help="list the jobs")
+    jobs.add_argument("--json", action="store_true", help="print the raw reports")
+    jobs.set_defaults(func=_jobs)
+    status = commands.add_parser("status", parents=[common],
+                                 help="a job's counts, rate and ETA")
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true", help="print the raw report")
+    status.set_defaults(func=_status)
+    for name, text in (("pause", "stop serving a job's items"),
+                       ("resume", "serve a paused job's items again"),
+                       ("delete", "forget a job (its files stay on disk)")):
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("job")
+        sub.add_argument("--json", action="store_true", help="print the raw report")
+        sub.set_defaults(func=_job_command)
+
+
+def _add_work(commands: Any, common: argparse.ArgumentParser) -> None:
+    work = commands.add_parser(
+        "work", parents=[common], help="process a job with any program (JSON lines)",
+        description=WORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="planchet work JOB [options] -- COMMAND [ARGS...]",
+    )
+    work.add_argument("job", help="the job's name")
+    work.add_argument("--prefetch", type=int, default=2,
+                      help="batches to hold at once (default %(default)s)")
+    work.add_argument("--batch-size", type=int, help="items per batch (default: the job's)")
+    work.add_argument("--per-batch", action="store_true",
+                      help="start COMMAND afresh for each batch instead of keeping it running")
+    work.add_argument("program", nargs="*", metavar="COMMAND",
+                      help="the program and its arguments, after --")
+    work.set_defaults(func=_work)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="planchet",
+        description="Dispatch the items of a large JSONL or CSV file to many workers.",
+    )
+    parser.add_argument("--version", action="version", version=f"planchet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = _client_options()
+    _add_serve(commands)
+    _add_start(commands, common)
+    _add_job_commands(commands, common)
+    _add_work(commands, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse; everything after the first ``--`` is the command of ``planchet work``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if tail:
+        if args.command != "work":
+            parser.error("'--' COMMAND is only for planchet work")
+        args.program = [*args.program, *tail]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

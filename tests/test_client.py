@@ -168,3 +168,13 @@ def test_delete_and_clean(served: ThreadedServer, data_dir: Path) -> None:
     with pytest.raises(JobNotFound):
         client.get_job_report("d")
     assert client.list_jobs() == []
+
+
+def test_a_job_deleted_under_a_worker_raises(served: ThreadedServer) -> None:
+    worker, admin = PlanchetClient(served.url), PlanchetClient(served.url)
+    worker.start_job("gone", META, "JsonlReader", writer_name="JsonlWriter")
+    worker.get("gone", 100)
+    worker.get("gone", 100)  # every item now held: the next get waits for more
+    admin.delete_job("gone")
+    with pytest.raises(JobNotFound, match="deleted"):
+        worker.get("gone", 100)

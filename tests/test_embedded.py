@@ -182,3 +182,19 @@ async def test_fixtures_give_a_clean_redis(
     assert data_dir.is_dir()
     assert not any(data_dir.iterdir())
     assert (shared_data / "news_headlines.jsonl").is_file()
+
+
+def test_start_stops_an_orphan_left_on_the_same_directory(tmp_path):
+    """A killed server leaves its redis-server behind; the next start must replace it,
+    never run a second Redis on the same append-only file."""
+    orphan = RedisProcess(tmp_path / "r")
+    orphan.start()
+    orphan_pid = orphan._proc.pid
+    orphan._proc = None  # forget it, as a server killed with SIGKILL would
+    successor = RedisProcess(tmp_path / "r")
+    try:
+        successor.start()
+        assert not embedded._alive(orphan_pid)
+        assert successor.running
+    finally:
+        successor.stop()
