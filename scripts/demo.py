@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from planchet import PlanchetClient, PlanchetError
-from planchet.embedded import free_port
+from planchet.embedded import free_port, redis_pids
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / ".demo"  # the default; gitignored
@@ -41,20 +41,6 @@ class DemoFailed(Exception):
 def clean_env() -> dict[str, str]:
     """The environment without PLANCHET_* settings, so a user's exports cannot leak in."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PLANCHET_")}
-
-
-def redis_pids(data_dir: Path) -> list[int]:
-    """redis-server processes working in ``data_dir`` (the embedded one chdirs there)."""
-    root, found = data_dir.resolve(), []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cwd = Path(os.readlink(proc / "cwd").removesuffix(" (deleted)"))
-            name = (proc / "comm").read_text().strip()
-        except OSError:
-            continue
-        if name.startswith("redis-server") and cwd.is_relative_to(root):
-            found.append(int(proc.name))
-    return found
 
 
 def make_input(demo: Path, shared: Path, repeat: int) -> int:
