@@ -21,14 +21,13 @@ from planchet.config import Settings
 from planchet.embedded import RedisProcess
 from planchet.server import PlanchetServer
 from planchet.store import Store
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support import REPO, ServeProcess
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared test data folder (``$PLANCHET_SHARED_DATA``, else ``<repo>/../shared/data``)."""
-    path = Path(os.environ.get("PLANCHET_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    path = Path(os.environ.get("PLANCHET_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not path.is_dir():
         pytest.fail(
             f"shared test data not found at {path}: set PLANCHET_SHARED_DATA to the folder "
@@ -134,3 +133,33 @@ async def make_server(
 async def server(make_server: Callable[..., Awaitable[PlanchetServer]]) -> PlanchetServer:
     """A started server with the default ``settings``; its URL is ``ws://127.0.0.1:<port>``."""
     return await make_server()
+
+
+# --- ``planchet serve`` as a subprocess -------------------------------------------------
+
+
+@pytest.fixture
+def serve_process(data_dir: Path, redis_url: str) -> Iterator[ServeProcess]:
+    """A started ``planchet serve`` subprocess over this test's Redis, stopped after.
+
+    Not named ``server``: that is the in-process ``PlanchetServer`` above.
+    """
+    proc = ServeProcess(data_dir, redis_url)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def serve_url(serve_process: ServeProcess) -> str:
+    """The URL (``ws://127.0.0.1:<port>``) of ``serve_process``."""
+    return serve_process.url
+
+
+@pytest.fixture
+def headlines(data_dir: Path, shared_data: Path) -> str:
+    """The 200 shared news headlines as ``data_dir/news.jsonl``; its name, for ``--input``."""
+    (data_dir / "news.jsonl").write_bytes((shared_data / "news_headlines.jsonl").read_bytes())
+    return "news.jsonl"

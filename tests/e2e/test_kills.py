@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,57 +18,12 @@ import orjson
 import pytest
 
 from planchet import PlanchetClient
-from planchet.embedded import free_port
+from planchet.embedded import redis_pids
+from tests.support import ServeProcess, wait_until
 
 WORKER = Path(__file__).with_name("worker.py")
 REPEAT = 10  # 200 headlines x 10 = 2,000 items
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 90, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what or condition}")
-        time.sleep(0.05)
-
-
-class ServerProcess:
-    """``python -m planchet serve`` as a child process that a test can kill."""
-
-    def __init__(self, data_dir: Path, redis_url: str | None) -> None:
-        self.data_dir = data_dir
-        self.redis_url = redis_url
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        args = [sys.executable, "-m", "planchet", "serve", "--port", str(self.port),
-                "--data-dir", str(self.data_dir)]
-        if self.redis_url:
-            args += ["--redis", self.redis_url]
-        log = open(self.data_dir.parent / "server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log)
-        log.close()
-        wait_until(self.healthy, 30, "the server to answer /health")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+WAIT = 90.0  # a generous bound on a whole job, for slow machines
 
 
 @pytest.fixture
@@ -77,15 +31,6 @@ def job_input(data_dir: Path, shared_data: Path) -> int:
     text = (shared_data / "news_headlines.jsonl").read_text()
     (data_dir / "headlines.jsonl").write_text(text * REPEAT)
     return len(text.splitlines()) * REPEAT
-
-
-@pytest.fixture
-def server(data_dir: Path, redis_url: str) -> Iterator[ServerProcess]:
-    srv = ServerProcess(data_dir, redis_url)
-    srv.start()
-    yield srv
-    if srv.proc and srv.proc.poll() is None:
-        srv.kill()
 
 
 @pytest.fixture
@@ -130,34 +75,34 @@ def assert_exactly_once(data_dir: Path, total: int) -> None:
     assert (data_dir / "out.jsonl.errors.jsonl").read_bytes() == b""
 
 
-def test_several_workers_process_a_job(server, workers, job_input, data_dir):
-    client = start_job(server.url)
-    finish([workers(server.url) for _ in range(3)])
+def test_several_workers_process_a_job(serve_process, workers, job_input, data_dir):
+    client = start_job(serve_process.url)
+    finish([workers(serve_process.url) for _ in range(3)])
     report = client.get_job_report("kills")
     assert (report["state"], report["written"], report["failed"]) == ("done", job_input, 0)
     assert_exactly_once(data_dir, job_input)
 
 
-def test_worker_killed_mid_batch(server, workers, job_input, data_dir):
-    client = start_job(server.url)
-    victim = workers(server.url, delay=0.1)
-    survivor = workers(server.url, delay=0.1)
-    wait_until(lambda: written(client) >= 200, what="some progress")
+def test_worker_killed_mid_batch(serve_process, workers, job_input, data_dir):
+    client = start_job(serve_process.url)
+    victim = workers(serve_process.url, delay=0.1)
+    survivor = workers(serve_process.url, delay=0.1)
+    wait_until(lambda: written(client) >= 200, "some progress", WAIT)
     held = client.get_job_report("kills")["in_flight"]
     victim.kill()  # SIGKILL while it sleeps on a leased batch
     victim.wait()
     assert held > 0
-    wait_until(lambda: client.get_job_report("kills")["state"] == "done", what="the job")
+    wait_until(lambda: client.get_job_report("kills")["state"] == "done", "the job", WAIT)
     finish([survivor])
     assert_exactly_once(data_dir, job_input)
 
 
-def test_server_killed_and_restarted(server, workers, job_input, data_dir):
-    client = start_job(server.url)
-    procs = [workers(server.url, delay=0.05) for _ in range(2)]
-    wait_until(lambda: written(client) >= 300, what="some progress")
-    server.kill()
-    server.start()
+def test_server_killed_and_restarted(serve_process, workers, job_input, data_dir):
+    client = start_job(serve_process.url)
+    procs = [workers(serve_process.url, delay=0.05) for _ in range(2)]
+    wait_until(lambda: written(client) >= 300, "some progress", WAIT)
+    serve_process.kill()
+    serve_process.start()
     finish(procs)
     report = client.get_job_report("kills")
     assert report["state"] == "done"
@@ -165,27 +110,27 @@ def test_server_killed_and_restarted(server, workers, job_input, data_dir):
 
 
 def test_server_with_embedded_redis_killed_and_restarted(data_dir, workers, job_input):
-    server = ServerProcess(data_dir, redis_url=None)
+    server = ServeProcess(data_dir)  # no --redis: serve runs its own
     server.start()
     try:
         client = start_job(server.url)
         procs = [workers(server.url, delay=0.05) for _ in range(2)]
-        wait_until(lambda: written(client) >= 300, what="some progress")
+        wait_until(lambda: written(client) >= 300, "some progress", WAIT)
         server.kill()  # its redis-server lives on as an orphan; the restart replaces it
         server.start()
+        assert len(redis_pids(data_dir)) == 1, "two redis-servers on one append-only file"
         finish(procs)
         assert client.get_job_report("kills")["state"] == "done"
     finally:
         assert server.stop() == 0
     assert_exactly_once(data_dir, job_input)
-    pid_file = data_dir / ".planchet" / "redis" / "redis.pid"
-    assert not pid_file.exists(), "the private redis-server outlived its server"
+    assert redis_pids(data_dir) == [], "the private redis-server outlived its server"
 
 
-def test_redis_killed_and_restarted(server, workers, job_input, data_dir, redis_proc):
-    client = start_job(server.url)
-    procs = [workers(server.url, delay=0.05) for _ in range(2)]
-    wait_until(lambda: written(client) >= 300, what="some progress")
+def test_redis_killed_and_restarted(serve_process, workers, job_input, data_dir, redis_proc):
+    client = start_job(serve_process.url)
+    procs = [workers(serve_process.url, delay=0.05) for _ in range(2)]
+    wait_until(lambda: written(client) >= 300, "some progress", WAIT)
     redis_proc.kill()
     time.sleep(0.5)  # not a threshold: let the server and workers meet a dead Redis
     redis_proc.start()
@@ -194,13 +139,13 @@ def test_redis_killed_and_restarted(server, workers, job_input, data_dir, redis_
     assert_exactly_once(data_dir, job_input)
 
 
-def test_hung_worker_lease_expires(server, workers, job_input, data_dir):
-    client = start_job(server.url, lease_timeout=1.0)
-    hung = workers(server.url, delay=0.05)
-    wait_until(lambda: written(client) >= 100, what="some progress")
+def test_hung_worker_lease_expires(serve_process, workers, job_input, data_dir):
+    client = start_job(serve_process.url, lease_timeout=1.0)
+    hung = workers(serve_process.url, delay=0.05)
+    wait_until(lambda: written(client) >= 100, "some progress", WAIT)
     os.kill(hung.pid, signal.SIGSTOP)  # connection open, worker silent: only expiry helps
     try:
-        finish([workers(server.url, delay=0.0)])
+        finish([workers(serve_process.url, delay=0.0)])
         assert client.get_job_report("kills")["state"] == "done"
     finally:
         os.kill(hung.pid, signal.SIGCONT)  # its late results are dropped
