@@ -66,12 +66,19 @@ class Subscription:
         self.batch_size = batch_size
         self.leases: set[str] = set()
         self.closed = False
+        self.stalled = False  # a lease expired: push nothing until the worker speaks again
         self._wake = asyncio.Event()
         job.watchers.add(self)
         self.task = asyncio.create_task(self._pump(), name=f"pump {job.name}")
 
     def wake(self) -> None:
         self._wake.set()
+
+    def revive(self) -> None:
+        """The worker sent a frame for this job: it is alive, so serve it again."""
+        if self.stalled:
+            self.stalled = False
+            self.wake()
 
     async def _pump(self) -> None:
         job = self.job
@@ -81,7 +88,7 @@ class Subscription:
                 if job.done:
                     await self.session.send(Event(job=job.name, event="done"))
                     return
-                if len(self.leases) < self.credit and await self._push():
+                if not self.stalled and len(self.leases) < self.credit and await self._push():
                     continue
                 await self._wake.wait()
         except Exception as exc:  # the connection is gone; the session will clean up
@@ -162,7 +169,9 @@ class Dispatcher:
                             await job.open()
                             log.warning("job %s reopened after a storage failure", job.name)
                     elif not job.broken:
-                        await job.expire()
+                        for owner in await job.expire():
+                            if isinstance(owner, Subscription):
+                                owner.stalled = True  # hung: do not feed it more to expire
                 except PlanchetError as exc:
                     log.warning("maintenance of %s: %s", job.name, exc)
                 except Exception:  # a bug in one job must not stop expiry for them all
@@ -195,6 +204,8 @@ class Dispatcher:
                 return None
             case Result():
                 job = self._authorized(session, msg.job, msg.token)
+                if sub := session.subscriptions.get(msg.job):
+                    sub.revive()
                 return await job.settle(msg.lease, msg.items, list(msg.errors))
             case StartJob():
                 return Reply(id=msg.id, data=await self._start(session, msg))
@@ -213,6 +224,7 @@ class Dispatcher:
             session.subscriptions[job.name] = sub
         sub.credit = msg.batches
         sub.batch_size = msg.batch_size or sub.batch_size
+        sub.stalled = False
         sub.wake()
 
     async def _job_command(self, session: Session, msg: JobCommand) -> Any:

@@ -317,8 +317,8 @@ class Job:
                     return  # ``open`` will requeue it from Redis
                 await self._fail_lease(lease, "worker disconnected", charge)
 
-    async def expire(self, now: float | None = None) -> int:
-        """Requeue leases past their deadline (a hung worker); return how many."""
+    async def expire(self, now: float | None = None) -> list[Watcher]:
+        """Requeue leases past their deadline (a hung worker); return their owners."""
         now = time.monotonic() if now is None else now
         async with self.lock:
             expired = [le for le in self.leases.values() if le.deadline <= now]
@@ -326,7 +326,7 @@ class Job:
                 if self.broken:
                     break
                 await self._fail_lease(lease, f"lease expired after {self.spec.lease_timeout}s")
-            return len(expired)
+            return [lease.owner for lease in expired]
 
     async def _commit(self, outcome: Outcome) -> None:
         """Log dead items, then commit the step; memory changes only after Redis has.

@@ -657,15 +657,20 @@ async def test_a_redis_restart_breaks_the_job_and_maintenance_mends_it(
 async def test_maintenance_expires_hung_leases(
     dispatcher: Dispatcher, issues_input: Path
 ) -> None:
-    hung = Peer(dispatcher)
+    hung, healthy = Peer(dispatcher), Peer(dispatcher)
     await hung.start(lease_timeout=0.2)
     await hung.credit(1)
     lost = await hung.next_batch()
-    again = await hung.next_batch()  # the expiry freed its credit; the queue comes first
-    assert again.lease != lost.lease
+    job = dispatcher.jobs["j"]
+    await until(lambda: job.queued == len(lost.items), "the lease to expire")
+    await idle()
+    assert hung.pending() == []  # a hung worker is fed nothing more to let expire
+    await healthy.credit(1)
+    again = await healthy.next_batch()  # the queue comes first
     assert ids_of(again) == ids_of(lost)
-    ack = await hung.settle(lost)
+    ack = await hung.settle(lost)  # the hung worker wakes up: too late
     assert (ack.written, ack.dropped) == (0, 10)
+    assert ids_of(await hung.next_batch()) == set(range(10, 20))  # alive again: served
 
 
 # --- shutdown, file claims, tokens on a clean start --------------------------------------

@@ -228,8 +228,8 @@ async def test_a_late_result_after_expiry_is_dropped_and_the_items_served_again(
     slow, other = Owner(), Owner()
     lease = await job.lease(slow, 3)
     assert lease is not None
-    assert await job.expire(now=lease.deadline - 0.01) == 0
-    assert await job.expire(now=lease.deadline) == 1
+    assert len(await job.expire(now=lease.deadline - 0.01)) == 0
+    assert len(await job.expire(now=lease.deadline)) == 1
     assert job.leases == {} and slow.leases == set()
     assert slow.wakes == 1  # its credit is free again
 
@@ -250,7 +250,7 @@ async def test_expiry_counts_as_an_attempt(store: Store, data_dir: Path, small_i
     for _ in range(2):
         lease = await job.lease(owner, 2)
         assert lease is not None and sorted(lease.items) == [0, 1]
-        assert await job.expire(now=lease.deadline) == 1
+        assert len(await job.expire(now=lease.deadline)) == 1
     errors = errors_of(job)
     assert sorted(errors) == [0, 1]
     assert errors[0]["attempts"] == 2
