@@ -218,7 +218,7 @@ class Dispatcher:
     async def _credit(self, session: Session, msg: Credit) -> None:
         job = self._authorized(session, msg.job, msg.token)
         sub = session.subscriptions.get(job.name)
-        if sub is None or sub.job is not job:
+        if sub is None or sub.job is not job or sub.task.done():  # done: say so again
             batch_size = msg.batch_size or job.spec.batch_size
             sub = Subscription(session, job, msg.batches, batch_size)
             session.subscriptions[job.name] = sub

@@ -250,6 +250,8 @@ async def test_credit_on_a_done_job_says_done(dispatcher: Dispatcher, data_dir: 
     late = Peer(dispatcher)
     await late.credit(5)
     assert await late.next() == Event(job="j", event="done")
+    await peer.credit(1)  # asking again on the same connection gets the same answer
+    assert await peer.next() == Event(job="j", event="done")
 
 
 # --- disconnects -------------------------------------------------------------------------
