@@ -168,8 +168,9 @@ class Job:
         async with self.lock:
             while self.state == RUNNING and not self.broken and self.spec.mode != "write":
                 lease_id = secrets.token_hex(8)
-                queued = await self._guard(self.store.take_queued(self.name, lease_id))
-                if queued:
+                if self.queued and (
+                    queued := await self._guard(self.store.take_queued(self.name, lease_id))
+                ):
                     self.queued -= len(queued)
                     return self._hold(lease_id, queued, owner)
                 if self.counts["exhausted"]:
