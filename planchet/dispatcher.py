@@ -241,6 +241,7 @@ class Dispatcher:
                 return {"deleted": job.name}
             else:  # clean: start again from the top, with empty output
                 token = self.tokens[job.name]
+                _check_input(job.spec)
                 await self._remove(job)
                 job = await self._create(job.spec, token)
         return job.report()
@@ -259,11 +260,10 @@ class Dispatcher:
 
     async def _start(self, session: Session, msg: StartJob) -> dict[str, Any]:
         spec = build_spec(msg, self.settings.data_dir)
-        token = msg.token or session.token
         async with self._admin:
             job = self.jobs.get(spec.name)
             if job is not None:
-                self._check_job_token(job.name, token)
+                self._check_job_token(job.name, msg.token, session.token)
                 if not msg.clean_start:
                     return await self._resume(job, spec)
             else:  # the hello may prove the master token while ``msg.token`` is the job's
@@ -321,12 +321,18 @@ class Dispatcher:
         return job
 
     async def _remove(self, job: Job) -> None:
+        """Forget a job. If Redis fails, the job stays: reopened now, or by maintenance."""
+        await job.close()  # no step of the job can commit after this
+        try:
+            await self.store.delete_job(job.name, job.spec.files)
+        except Unavailable:
+            with contextlib.suppress(PlanchetError):
+                await job.open()
+            raise
         await self._tell(job, "deleted")
         for sub in [w for w in job.watchers if isinstance(w, Subscription)]:
             sub.session.subscriptions.pop(job.name, None)
             await sub.stop()
-        await job.close()
-        await self.store.delete_job(job.name, job.spec.files)
         self.jobs.pop(job.name, None)
         self.tokens.pop(job.name, None)
 
@@ -345,7 +351,7 @@ class Dispatcher:
 
     def _authorized(self, session: Session, name: str, token: str | None) -> Job:
         job = self._job(name)
-        self._check_job_token(name, token or session.token)
+        self._check_job_token(name, token, session.token)
         return job
 
     def _is_master(self, token: str | None) -> bool:
@@ -357,13 +363,15 @@ class Dispatcher:
         if self.settings.token and not any(self._is_master(t) for t in tokens):
             raise AuthError(f"the server's master token is needed to {to}")
 
-    def _check_job_token(self, name: str, token: str | None) -> None:
+    def _check_job_token(self, name: str, *tokens: str | None) -> None:
+        """Pass if the job has no token, or any of ``tokens`` is its token or the master."""
         expected = self.tokens.get(name)
-        if not expected or self._is_master(token):
+        presented = [t for t in tokens if t]
+        if not expected or any(self._is_master(t) for t in presented):
             return
-        if token is None:
+        if not presented:
             raise AuthError(f"job {name} needs its token")
-        if not hmac.compare_digest(expected, _digest(token)):
+        if not any(hmac.compare_digest(expected, _digest(t)) for t in presented):
             raise AuthError(f"wrong token for job {name}")
 
 

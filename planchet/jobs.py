@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import redis.exceptions
-
 from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats import ErrorLog, Position, Reader, Writer, get_reader, get_writer
 from .messages import Ack, Item, ItemError
@@ -154,7 +152,7 @@ class Job:
         """Run a Redis step; on failure mark the job broken until ``open`` reloads it."""
         try:
             return await step
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except Unavailable as exc:
             self.broken = f"storage failed: {exc}"
             raise Unavailable(f"job {self.name}: {self.broken}") from exc
 

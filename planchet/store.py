@@ -18,16 +18,21 @@ bounded by what is in flight, never by the size of the file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-LeasedItem = tuple[int, Any, int]  # id, item, attempts so far
+from .exceptions import Unavailable
+
+LeasedItem = tuple[int, Any, int]
+P = ParamSpec("P")
+T = TypeVar("T")  # id, item, attempts so far
 
 # Pop one queued batch and lease it, in one step: a crash can never drop it.
 _TAKE_QUEUED = """
@@ -55,6 +60,19 @@ class Change:
     drop_lease: str | None = None
     requeue: list[LeasedItem] = field(default_factory=list)
     written_ids: list[int] = field(default_factory=list)
+
+
+def _storage_step(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis failures into ``Unavailable``: the caller learns nothing was done."""
+
+    @functools.wraps(method)
+    async def step(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (redis.RedisError, OSError) as exc:
+            raise Unavailable(f"Redis failed: {exc}") from exc
+
+    return step
 
 
 class Store:
@@ -106,17 +124,21 @@ class Store:
 
     # --- jobs -----------------------------------------------------------------------
 
+    @_storage_step
     async def job_names(self) -> list[str]:
         return sorted(n.decode() for n in await self.redis.smembers(self._jobs))
 
+    @_storage_step
     async def read_job(self, name: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self._job(name))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    @_storage_step
     async def owner_of(self, path: str) -> str | None:
         owner = await self.redis.hget(self._outputs, path)
         return owner.decode() if owner else None
 
+    @_storage_step
     async def create_job(self, name: str, fields: dict[str, Any], paths: list[str]) -> None:
         """Write a new job (replacing any old state of that name) and claim its files."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -128,9 +150,11 @@ class Store:
                 pipe.hset(self._outputs, path, name)
             await pipe.execute()
 
+    @_storage_step
     async def update_job(self, name: str, fields: dict[str, Any]) -> None:
         await self.redis.hset(self._job(name), mapping=fields)
 
+    @_storage_step
     async def delete_job(self, name: str, paths: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
@@ -142,6 +166,7 @@ class Store:
 
     # --- items ----------------------------------------------------------------------
 
+    @_storage_step
     async def requeue_all_leases(self, name: str) -> list[list[LeasedItem]]:
         """Move every lease back to the queue; return the queue, for counting.
 
@@ -157,11 +182,13 @@ class Store:
             *_, queue = await pipe.execute()
         return [unpack(blob) for blob in queue]
 
+    @_storage_step
     async def take_queued(self, name: str, lease_id: str) -> list[LeasedItem] | None:
         keys = [self._queue(name), self._leases(name)]
         blob = await self._take_queued(keys=keys, args=[lease_id])
         return unpack(blob) if blob else None
 
+    @_storage_step
     async def new_ids(self, name: str, ids: list[int]) -> list[bool]:
         """For a write-only job: which of ``ids`` were never written."""
         if not ids:
@@ -169,6 +196,7 @@ class Store:
         seen = await self.redis.smismember(self._ids(name), ids)
         return [not s for s in seen]
 
+    @_storage_step
     async def apply(self, name: str, change: Change) -> None:
         """Commit one step of a job atomically (see ``Change``)."""
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -26,6 +26,7 @@ from planchet.exceptions import (
     JobNotFound,
     PathRefused,
     PlanchetError,
+    Unavailable,
 )
 from planchet.jobs import DONE
 from planchet.messages import (
@@ -743,3 +744,42 @@ async def test_write_only_keeps_order_and_ignores_errors_for_results(
                                     errors=[ItemError(id=1, message="late")]))
     assert (ack.written, ack.failed, ack.dropped) == (3, 0, 1)
     assert output_ids(data_dir / "w.jsonl") == [3, 1, 2]
+
+
+async def test_a_delete_that_redis_refuses_leaves_the_job_whole(
+    dispatcher: Dispatcher, issues_input: Path, data_dir: Path, redis_proc: RedisProcess
+) -> None:
+    worker = Peer(dispatcher)
+    await worker.start(batch_size=100)
+    job = dispatcher.jobs["j"]
+    redis_proc.kill()
+    with pytest.raises(Unavailable):
+        await worker.command("delete")
+    assert dispatcher.jobs["j"] is job
+    redis_proc.start()
+    await until(lambda: job.broken is None, "maintenance to reopen the job")
+    await worker.credit(1)
+    assert await worker.work() == LINES  # still there, and whole
+
+
+async def test_clean_of_a_job_whose_input_is_gone_keeps_the_job(
+    dispatcher: Dispatcher, issues_input: Path
+) -> None:
+    peer = Peer(dispatcher)
+    await peer.start()
+    issues_input.unlink()
+    with pytest.raises(FormatError):
+        await peer.command("clean")
+    assert (await peer.command("report"))["job"] == "j"
+
+
+async def test_clean_start_can_give_a_job_a_new_token_under_the_master(
+    make_dispatcher: MakeDispatcher, issues_input: Path
+) -> None:
+    dispatcher = await make_dispatcher(token="master")
+    admin = Peer(dispatcher, token="master")
+    await admin.start(token="old")
+    await admin.start(token="new", clean_start=True)
+    await Peer(dispatcher, token="new").credit(1)
+    with pytest.raises(AuthError):
+        await Peer(dispatcher, token="old").credit(1)

@@ -6,6 +6,7 @@ import pytest
 import redis.asyncio
 
 from planchet.embedded import RedisProcess
+from planchet.exceptions import Unavailable
 from planchet.store import Change, Store, pack, unpack
 
 FILES = ["/data/out.jsonl", "/data/out.jsonl.errors.jsonl"]
@@ -113,7 +114,7 @@ async def test_nothing_is_lost_in_a_redis_restart(store: Store, redis_proc: Redi
     redis_proc.start()  # same port, same append-only file
     try:
         taken = await store.take_queued("j", "l1")
-    except redis.ConnectionError:  # the stale socket; the command never reached Redis
+    except Unavailable:  # the stale socket; the command never reached Redis
         taken = await store.take_queued("j", "l1")
     assert taken == [(1, "a", 0)]
     assert await store.requeue_all_leases("j") == [[(1, "a", 0)]]
@@ -145,10 +146,10 @@ async def test_prefixes_keep_stores_apart(redis_url: str) -> None:
 
 
 @pytest.mark.parametrize("step", ["apply", "take_queued", "read_job"])
-async def test_a_dead_redis_raises_redis_errors(
+async def test_a_dead_redis_raises_unavailable(
     store: Store, redis_proc: RedisProcess, step: str
 ) -> None:
-    """The store does not hide failures: the job layer turns them into a broken job."""
+    """The store does not hide failures: it names them, and the job layer breaks the job."""
     await store.create_job("j", {"spec": "s"}, FILES)
     redis_proc.kill()
     calls = {
@@ -156,5 +157,6 @@ async def test_a_dead_redis_raises_redis_errors(
         "take_queued": lambda: store.take_queued("j", "l"),
         "read_job": lambda: store.read_job("j"),
     }
-    with pytest.raises(redis.RedisError):
+    with pytest.raises(Unavailable) as caught:
         await calls[step]()
+    assert isinstance(caught.value.__cause__, redis.RedisError)
