@@ -257,7 +257,7 @@ class Job:
         return written
 
     async def _write_unleased(self, results: list[Item], errors: list[ItemError]) -> Ack:
-        """A write-only job takes items that were never leased, each id once."""
+        """A write-only job takes items that were never leased; each id settles once."""
         if self.spec.mode != "write":
             raise BadRequest("a result needs a lease, except in a write-only job")
         if self.broken:
@@ -265,17 +265,20 @@ class Job:
         unique: dict[int, Any] = {}
         for i, item in results:
             unique.setdefault(i, item)  # the first result for an id wins; order is kept
-        ids = list(unique)
-        fresh = await self._guard(self.store.new_ids(self.name, ids))
-        accepted = [(i, unique[i]) for i, new in zip(ids, fresh, strict=True) if new]
+        failing: dict[int, str] = {}
+        for err in errors:
+            if err.id not in unique:  # a result beats an error for the same id
+                failing.setdefault(err.id, err.message)
+        ids = [*unique, *failing]
+        fresh = dict(zip(ids, await self._guard(self.store.new_ids(self.name, ids)), strict=True))
+        accepted = [(i, item) for i, item in unique.items() if fresh[i]]
         outcome = Outcome()
-        written = await self._write(outcome, accepted, {i: (None, 0) for i in ids})
-        refused = {i for i, _, _ in outcome.dead}  # only these never reached the file
-        outcome.change.written_ids = [i for i, _ in accepted if i not in refused]
-        outcome.dead += [(e.id, e.message, 1) for e in errors if e.id not in unique]
+        written = await self._write(outcome, accepted, {i: (None, 0) for i in unique})
+        outcome.dead += [(i, why, 1) for i, why in failing.items() if fresh[i]]
+        outcome.change.written_ids = [i for i in ids if fresh[i]]  # written or failed: settled
         await self._commit(outcome)
         return Ack(job=self.name, lease=None, written=written, failed=len(outcome.dead),
-                   dropped=len(results) - len(accepted))
+                   dropped=len(results) + len(errors) - len(outcome.change.written_ids))
 
     def _fail_item(self, outcome: Outcome, item_id: int, entry: tuple[Any, int],
                    reason: str, retry: bool = True) -> None:

@@ -8,7 +8,7 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
                           out_offset, err_offset, written, failed
     P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...]
     P job:<name>:queue    list of JSON [[id, item, attempts], ...] waiting to be served again
-    P job:<name>:ids      set of ids written by a write-only job (duplicate filter)
+    P job:<name>:ids      set of ids a write-only job has settled (written or failed)
 
 Every change that moves items between states is one MULTI/EXEC, so Redis always
 holds a consistent picture: a crash at any point leaves either the old state or the
@@ -190,7 +190,7 @@ class Store:
 
     @_storage_step
     async def new_ids(self, name: str, ids: list[int]) -> list[bool]:
-        """For a write-only job: which of ``ids`` were never written."""
+        """For a write-only job: which of ``ids`` were never settled."""
         if not ids:
             return []
         seen = await self.redis.smismember(self._ids(name), ids)

@@ -479,16 +479,18 @@ async def test_write_only_an_id_both_written_and_failed_is_still_written(
     assert output_of(job) == {7: "written"}
 
 
-async def test_write_only_a_result_the_writer_refused_may_come_again(
+async def test_write_only_a_result_the_writer_refused_is_settled_as_failed(
     store: Store, data_dir: Path
 ) -> None:
+    """Each id ends once, in the output or in the error file: never in both."""
     job = await new_job(store, data_dir, mode="write", reader=None,
                         metadata={"output_file_path": "w.jsonl"})
     ack = await job.settle(None, [(1, {1, 2})], [])  # a set: not JSON
     assert (ack.written, ack.failed) == (0, 1)
-    ack = await job.settle(None, [(1, [1, 2])], [])
-    assert ack.written == 1
-    assert output_of(job) == {1: [1, 2]}
+    ack = await job.settle(None, [(1, [1, 2])], [ItemError(id=1, message="again")])
+    assert (ack.written, ack.failed, ack.dropped) == (0, 0, 2)
+    assert output_of(job) == {}
+    assert job.counts["failed"] == 1
 
 
 async def test_read_only_jobs_ack_without_output(
