@@ -16,8 +16,9 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -75,7 +76,10 @@ class AsyncPlanchetClient:
         self.retries = retries
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[Any, asyncio.Future[Message]] = {}
+        self._replies: dict[int, asyncio.Future[Message]] = {}  # by request id
+        # acks by job, in the order the results were sent: the server answers in order
+        self._acks: dict[str, collections.deque[asyncio.Future[Message]]] = (
+            collections.defaultdict(collections.deque))
         self._queues: dict[str, asyncio.Queue[Any]] = collections.defaultdict(asyncio.Queue)
         self._credits: dict[str, Credit] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -155,32 +159,28 @@ class AsyncPlanchetClient:
             case Event(event="deleted"):
                 self._queues[msg.job].put_nowait(JobNotFound(f"job {msg.job} was deleted"))
             case Reply() | Error() if msg.id is not None:
-                self._resolve(msg.id, msg)
-            case Ack():
-                self._resolve(("ack", msg.job, msg.lease), msg)
-            case Error():  # about a credit or a result: tell whoever waits on those
-                for key in [k for k in self._pending if isinstance(k, tuple)]:
-                    self._resolve(key, msg)
-                for job in self._credits:
-                    self._queues[job].put_nowait(error_from_code(msg.code, msg.message))
-
-    def _resolve(self, key: Any, msg: Message) -> None:
-        future = self._pending.pop(key, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+                _resolve(self._replies.pop(msg.id, None), msg)
+            case Ack() | Error() if msg.job and self._acks[msg.job]:
+                _resolve(self._acks[msg.job].popleft(), msg)  # the oldest result's answer
+            case Error() if msg.job:  # a refused credit: the job's consumer hears of it
+                self._queues[msg.job].put_nowait(error_from_code(msg.code, msg.message))
 
     def _fail_pending(self, exc: Exception) -> None:
-        for future in self._pending.values():
+        waiting = [*self._replies.values(), *(f for q in self._acks.values() for f in q)]
+        self._replies.clear()
+        self._acks.clear()
+        for future in waiting:
             if not future.done():
                 future.set_exception(exc)
-        self._pending.clear()
 
-    async def _exchange(self, key: Any, message: Message) -> Message:
-        """Send and wait for the answer filed under ``key``; resend after a reconnect."""
+    async def _exchange(self, message: Message,
+                        register: Callable[[asyncio.Future[Message]], None]) -> Message:
+        """Send, and wait for the answer ``register`` files the future under; after a
+        reconnect, send again."""
         while True:
             await self._connected.wait()
             future = asyncio.get_running_loop().create_future()
-            self._pending[key] = future
+            register(future)
             try:
                 assert self._ws is not None
                 await self._ws.send(encode(message))
@@ -192,7 +192,8 @@ class AsyncPlanchetClient:
             return reply
 
     async def _request(self, message: Message) -> Any:
-        reply = await self._exchange(message.id, message)  # type: ignore[attr-defined]
+        request_id: int = message.id  # type: ignore[attr-defined]
+        reply = await self._exchange(message, partial(self._replies.__setitem__, request_id))
         return reply.data  # type: ignore[attr-defined]
 
     # --- work -------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class AsyncPlanchetClient:
         message = Result(job=job, lease=lease, items=results, errors=errors or [],
                          token=token or self.token)
         try:
-            return await self._exchange(("ack", job, lease), message)  # type: ignore[return-value]
+            return await self._exchange(message, self._acks[job].append)  # type: ignore[return-value]
         except Unavailable:  # not taken: the items are requeued when the job reloads
             return Ack(job=job, lease=lease, dropped=len(results) + len(errors or []))
 
@@ -258,6 +259,11 @@ class AsyncPlanchetClient:
     async def _command(self, op: str, job: str, token: str | None) -> Any:
         return await self._request(JobCommand(type=op, id=next(self._ids), job=job,  # type: ignore[arg-type]
                                               token=token or self.token))
+
+
+def _resolve(future: asyncio.Future[Message] | None, msg: Message) -> None:
+    if future is not None and not future.done():
+        future.set_result(msg)
 
 
 class _Reconnected(Exception):

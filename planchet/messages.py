@@ -157,10 +157,14 @@ class Event(Message):
 
 
 class Error(Message):
+    """``id`` names the request it answers; else ``job`` names the job of the credit or
+    result it answers (results are answered in the order they were sent)."""
+
     type: Literal["error"] = "error"
     code: str
     message: str
     id: int | None = None
+    job: str | None = None
 
 
 ClientMessage = Annotated[

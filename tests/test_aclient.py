@@ -100,3 +100,16 @@ async def test_a_deleted_job_ends_batches_with_an_error(server, issues_input) ->
         with pytest.raises(JobNotFound, match="deleted"):
             async for _ in worker.batches("gone", prefetch=1):
                 await admin.delete("gone")
+
+
+async def test_concurrent_acks_of_one_lease_each_get_their_answer(
+    server, issues_input, data_dir
+) -> None:
+    async with AsyncPlanchetClient(f"ws://127.0.0.1:{server.port}") as client:
+        await client.start_job("many", META, "JsonlReader", writer_name="JsonlWriter",
+                               batch_size=100)
+        async for batch in client.batches("many", prefetch=2):
+            halves = batch.items[::2], batch.items[1::2]
+            acks = await asyncio.gather(*(batch.ack(half) for half in halves))
+            assert [a.written for a in acks] == [len(h) for h in halves]
+    assert output_ids(data_dir) == list(range(830))
