@@ -27,7 +27,10 @@ PROTOCOL_VERSION = 1
 
 JobName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Mode = Literal["read", "write", "read-write"]
-Id = Annotated[int, Strict()]  # no "1" or true for 1: an id is a JSON integer
+# Numbers are JSON numbers: no "1" or true for 1, no 2.0 for a count.
+Int = Annotated[int, Strict()]
+Seconds = Annotated[float, Strict()]
+Id = Int
 Item = tuple[Id, Any]
 MAX_BATCH_SIZE = 10_000
 MAX_PREFETCH = 64
@@ -44,7 +47,7 @@ class Hello(Message):
     """First frame of every connection: the protocol version and a default token."""
 
     type: Literal["hello"] = "hello"
-    protocol: int
+    protocol: Int
     token: str | None = None
     client: str | None = None
 
@@ -54,8 +57,8 @@ class Credit(Message):
 
     type: Literal["credit"] = "credit"
     job: JobName
-    batches: int = Field(ge=0, le=MAX_PREFETCH)
-    batch_size: int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    batches: Int = Field(ge=0, le=MAX_PREFETCH)
+    batch_size: Int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
     token: str | None = None
 
 
@@ -88,9 +91,9 @@ class StartJob(Message):
     writer: str | None = None
     metadata: dict[str, Any] = {}
     mode: Mode = "read-write"
-    batch_size: int = Field(default=100, ge=1, le=MAX_BATCH_SIZE)
-    lease_timeout: float = Field(default=300.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=100)
+    batch_size: Int = Field(default=100, ge=1, le=MAX_BATCH_SIZE)
+    lease_timeout: Seconds = Field(default=300.0, gt=0)
+    max_attempts: Int = Field(default=5, ge=1, le=100)
     clean_start: StrictBool = False
     token: str | None = None
 

@@ -267,3 +267,20 @@ def test_messages_are_immutable() -> None:
 def test_ids_and_flags_are_not_coerced(frame: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_client(frame)
+
+
+@pytest.mark.parametrize("frame", [
+    b'{"type": "hello", "protocol": "1"}',
+    b'{"type": "credit", "job": "j", "batches": 2.0}',
+    b'{"type": "credit", "job": "j", "batches": 1, "batch_size": true}',
+    b'{"type": "start_job", "id": 1, "job": "j", "lease_timeout": "30"}',
+    b'{"type": "start_job", "id": 1, "job": "j", "max_attempts": 3.0}',
+])
+def test_numbers_are_json_numbers(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_client(frame)
+
+
+def test_a_lease_timeout_may_be_a_json_integer() -> None:
+    msg = decode_client(b'{"type": "start_job", "id": 1, "job": "j", "lease_timeout": 30}')
+    assert msg.lease_timeout == 30.0
