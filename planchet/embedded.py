@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import importlib.util
 import os
 import pathlib
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import time
 import warnings
+from typing import IO
 
 import redis
 from redis.backoff import NoBackoff
@@ -100,6 +102,7 @@ class RedisProcess:
         self.directory = pathlib.Path(directory).resolve()
         self._port = port
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None  # held from start() to stop()
 
     @property
     def port(self) -> int:
@@ -142,7 +145,9 @@ class RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self._port is None:
             self._port = free_port()
-        self._stop_orphan()
+        if self._lock is None:
+            self._lock = self._take_lock()
+            self._stop_orphan()  # with the lock held, any redis-server here is an orphan
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
@@ -158,6 +163,19 @@ class RedisProcess:
         except BaseException:
             self.stop()
             raise
+
+    def _take_lock(self) -> IO[bytes]:
+        """One owner per directory; the kernel drops the lock when its process dies."""
+        lock = open(self.directory / "lock", "ab")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise ServerError(
+                f"another Planchet server runs its Redis in {self.directory}: stop it, "
+                "or give this one another data directory"
+            ) from None
+        return lock
 
     def _stop_orphan(self) -> None:
         """Stop a redis-server left on this directory by a server that was killed.
@@ -222,6 +240,9 @@ class RedisProcess:
     def stop(self) -> None:
         """SIGTERM (Redis fsyncs the AOF and exits), then SIGKILL after 5 s. Idempotent."""
         self._end(signal.SIGTERM)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def kill(self) -> None:
         """SIGKILL now, as a crash would, and wait for the process to be gone."""

@@ -190,7 +190,8 @@ def test_start_stops_an_orphan_left_on_the_same_directory(tmp_path):
     orphan = RedisProcess(tmp_path / "r")
     orphan.start()
     orphan_pid = orphan._proc.pid
-    orphan._proc = None  # forget it, as a server killed with SIGKILL would
+    orphan._proc = None  # forget it, as a server killed with SIGKILL would...
+    orphan._lock.close()  # ...whose lock the kernel then drops
     successor = RedisProcess(tmp_path / "r")
     try:
         successor.start()
@@ -198,3 +199,15 @@ def test_start_stops_an_orphan_left_on_the_same_directory(tmp_path):
         assert successor.running
     finally:
         successor.stop()
+
+
+def test_a_second_owner_of_a_directory_is_refused(tmp_path):
+    first = RedisProcess(tmp_path / "r")
+    first.start()
+    try:
+        with pytest.raises(ServerError, match="another Planchet server"):
+            RedisProcess(tmp_path / "r").start()
+        assert first.running  # and the first one's Redis is untouched
+        assert redis.Redis(port=first.port).ping()
+    finally:
+        first.stop()
