@@ -30,7 +30,16 @@ from .exceptions import (
     ProtocolError,
     ServerError,
 )
-from .messages import PROTOCOL_VERSION, Error, Hello, Message, Welcome, decode_client, encode
+from .messages import (
+    PROTOCOL_VERSION,
+    ClientMessage,
+    Error,
+    Hello,
+    Message,
+    Welcome,
+    decode_client,
+    encode,
+)
 from .store import Store
 
 log = logging.getLogger("planchet")
@@ -122,7 +131,7 @@ class PlanchetServer:
 
     async def _hello(self, ws: ServerConnection) -> Hello:
         frame = await asyncio.wait_for(ws.recv(decode=False), HELLO_TIMEOUT)
-        msg = decode_client(frame)
+        msg = self._decode(frame)
         if not isinstance(msg, Hello):
             raise ProtocolError(f"the first frame must be 'hello', not {msg.type!r}")
         if msg.protocol != PROTOCOL_VERSION:
@@ -131,13 +140,16 @@ class PlanchetServer:
             )
         return msg
 
+    def _decode(self, frame: bytes) -> ClientMessage:
+        limit = self.settings.max_message_bytes
+        if len(frame) > limit:
+            raise MessageTooBig(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
+        return decode_client(frame)
+
     async def _frame(self, ws: ServerConnection, session: Session, frame: bytes) -> bool:
         """Handle one frame; False when the connection must close."""
-        limit = self.settings.max_message_bytes
         try:
-            if len(frame) > limit:
-                raise MessageTooBig(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
-            msg = decode_client(frame)
+            msg = self._decode(frame)
         except ProtocolError as exc:
             await _refuse(ws, exc)
             return False

@@ -383,3 +383,13 @@ async def test_health_is_json_with_one_content_type(server: PlanchetServer) -> N
             return response.headers.get_all("Content-Type")
 
     assert await asyncio.to_thread(headers) == ["application/json"]
+
+
+async def test_an_oversize_hello_is_refused(make_server, issues_input: Path) -> None:
+    server = await make_server(max_message_bytes=1000)
+    async with connect(url_of(server)) as ws:
+        await ws.send(orjson.dumps({"type": "hello", "protocol": PROTOCOL_VERSION,
+                                    "client": "x" * 2000}))
+        frames, closed = await refused(ws)
+    assert closed == 1009
+    assert [(f.code, f.id) for f in frames] == [("too_big", None)]
