@@ -155,13 +155,11 @@ class PlanchetServer:
             return False
         try:
             reply = await self.dispatcher.handle(session, msg)
-        except PlanchetError as exc:
+        except Exception as exc:
+            if not isinstance(exc, PlanchetError):  # a bug must cost one request, not the server
+                log.exception("error handling %s", msg.type)
+                exc = ServerError("internal error; see the server log")
             reply = Error(code=exc.code, message=exc.message, id=getattr(msg, "id", None),
-                          job=getattr(msg, "job", None))
-        except Exception:  # a bug must cost one request, not the server
-            log.exception("error handling %s", msg.type)
-            err = ServerError("internal error; see the server log")
-            reply = Error(code=err.code, message=err.message, id=getattr(msg, "id", None),
                           job=getattr(msg, "job", None))
         if reply is not None:
             await session.send(reply)
