@@ -15,8 +15,8 @@ import itertools
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import orjson
 from websockets.exceptions import ConnectionClosed
@@ -53,6 +53,7 @@ from .messages import (
 )
 
 DEFAULT_URL = "ws://127.0.0.1:5005"
+T = TypeVar("T")
 
 
 def websocket_url(url: str) -> str:
@@ -177,17 +178,25 @@ class PlanchetClient:
             self._receive()
         return self._inbox.pop(key)
 
-    def _retrying(self, action: Any) -> Any:
-        """Run ``action`` on a live connection, re-opening it once if it drops."""
-        for attempt in range(2):
-            try:
-                return action()
-            except (ConnectionClosed, OSError) as exc:
-                self._ws = None
-                self._reset()
-                if attempt:
-                    raise ConnectionLost(f"connection to {self.url} lost: {exc}") from exc
-        raise AssertionError("unreachable")
+    def _retrying(self, action: Callable[[], T]) -> T:
+        """Run ``action`` on a live connection, re-opening it once if it drops.
+
+        A dropped connection's leases were requeued by the server, so its state here
+        is forgotten before the second try.
+        """
+        try:
+            return action()
+        except (ConnectionClosed, OSError):
+            self._drop()
+        try:
+            return action()
+        except (ConnectionClosed, OSError) as exc:
+            self._drop()
+            raise ConnectionLost(f"connection to {self.url} lost: {exc}") from exc
+
+    def _drop(self) -> None:
+        self._ws = None
+        self._reset()
 
     def _request(self, message: Message) -> Any:
         def call() -> Any:
