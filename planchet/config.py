@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 5005
+PRIVATE_DIR = ".planchet"  # under the data dir: the embedded Redis; no job may write here
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Settings:
 
     @property
     def embedded_redis_dir(self) -> Path:
-        return self.data_dir / ".planchet" / "redis"
+        return self.data_dir / PRIVATE_DIR / "redis"
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:

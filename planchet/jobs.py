@@ -275,10 +275,10 @@ class Job:
         outcome = Outcome()
         written = await self._write(outcome, accepted, {i: (None, 0) for i in unique})
         outcome.dead += [(i, why, 1) for i, why in failing.items() if fresh[i]]
-        outcome.change.written_ids = [i for i in ids if fresh[i]]  # written or failed: settled
+        outcome.change.settled_ids = [i for i in ids if fresh[i]]  # written or failed: settled
         await self._commit(outcome)
         return Ack(job=self.name, lease=None, written=written, failed=len(outcome.dead),
-                   dropped=len(results) + len(errors) - len(outcome.change.written_ids))
+                   dropped=len(results) + len(errors) - len(outcome.change.settled_ids))
 
     def _fail_item(self, outcome: Outcome, item_id: int, entry: tuple[Any, int],
                    reason: str, retry: bool = True) -> None:

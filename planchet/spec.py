@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .config import PRIVATE_DIR
 from .exceptions import BadRequest, PathRefused
 from .formats import get_reader, get_writer
 from .messages import Mode, StartJob
 
 ERROR_SUFFIX = ".errors.jsonl"
-PRIVATE_DIR = ".planchet"  # the embedded Redis keeps its files here
 
 
 class JobSpec(BaseModel):

@@ -59,7 +59,7 @@ class Change:
     put_lease: tuple[str, bytes] | None = None
     drop_lease: str | None = None
     requeue: list[LeasedItem] = field(default_factory=list)
-    written_ids: list[int] = field(default_factory=list)
+    settled_ids: list[int] = field(default_factory=list)
 
 
 def _storage_step(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -208,6 +208,6 @@ class Store:
                 pipe.hdel(self._leases(name), change.drop_lease)
             if change.requeue:
                 pipe.rpush(self._queue(name), pack(change.requeue))
-            if change.written_ids:
-                pipe.sadd(self._ids(name), *change.written_ids)
+            if change.settled_ids:
+                pipe.sadd(self._ids(name), *change.settled_ids)
             await pipe.execute()

@@ -47,7 +47,7 @@ async def test_create_job_wipes_every_trace_of_an_old_one(
 ) -> None:
     await store.create_job("j", {"spec": "old", "written": 9}, FILES)
     await store.apply("j", Change(put_lease=("l1", pack([(1, "a", 0)])),
-                                  requeue=[(2, "b", 1)], written_ids=[3]))
+                                  requeue=[(2, "b", 1)], settled_ids=[3]))
     await store.create_job("j", {"spec": "new"}, FILES)
     assert await store.read_job("j") == {"spec": "new"}
     assert await store.requeue_all_leases("j") == []
@@ -59,7 +59,7 @@ async def test_create_job_wipes_every_trace_of_an_old_one(
 async def test_delete_job_leaves_no_keys(store: Store, redis_client: redis.asyncio.Redis) -> None:
     await store.create_job("j", {"spec": "s"}, FILES)
     await store.apply("j", Change(put_lease=("l1", pack([(1, "a", 0)])),
-                                  requeue=[(2, "b", 1)], written_ids=[3]))
+                                  requeue=[(2, "b", 1)], settled_ids=[3]))
     await store.delete_job("j", FILES)
     assert await redis_client.keys("*") == []
 
@@ -120,11 +120,11 @@ async def test_nothing_is_lost_in_a_redis_restart(store: Store, redis_proc: Redi
     assert await store.requeue_all_leases("j") == [[(1, "a", 0)]]
 
 
-async def test_new_ids_remembers_written_ids(store: Store) -> None:
+async def test_new_ids_remembers_settled_ids(store: Store) -> None:
     await store.create_job("w", {"spec": "s"}, FILES)
     assert await store.new_ids("w", []) == []
     assert await store.new_ids("w", [1, 2, 3]) == [True, True, True]
-    await store.apply("w", Change(written_ids=[1, 3]))
+    await store.apply("w", Change(settled_ids=[1, 3]))
     assert await store.new_ids("w", [1, 2, 3, 4]) == [False, True, False, True]
 
 

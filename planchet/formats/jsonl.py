@@ -45,16 +45,16 @@ class JsonlReader(Reader):
 
 def parse_line(line: bytes) -> Any:
     """Decode one line; ValueError carries the reason a bad line is reported with."""
-    if not line.strip():
-        raise ValueError("blank line")
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"invalid UTF-8: {exc.reason} at byte {exc.start}") from exc
-    try:
-        return orjson.loads(text)
+        return orjson.loads(line)  # bytes as they are: orjson checks the UTF-8 itself
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from exc
+        if not line.strip():
+            raise ValueError("blank line") from None
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as bad:  # say so plainly, not as orjson does
+            raise ValueError(f"invalid UTF-8: {bad.reason} at byte {bad.start}") from None
+        raise ValueError(f"invalid JSON: {exc}") from None
 
 
 class JsonlWriter(Writer):
