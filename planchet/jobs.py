@@ -9,6 +9,10 @@ The rules that keep every item exactly once in the output:
   bytes written by a step that did not commit disappear with the step.
 * ``open`` also puts every lease back in the queue: after a server or Redis restart no
   lease has a live owner. That one recovery path serves every kind of crash.
+* A step that fails, for any reason and with any exception, leaves the job *broken*:
+  it serves nothing until ``open`` has reloaded it from Redis and the files, so it
+  never goes on from half-changed memory (a reader that moved past a chunk whose
+  commit failed, say).
 * A late or duplicate result names a lease or an id that is no longer leased, and is
   dropped: the first accepted result wins.
 """
@@ -17,55 +21,36 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats import ErrorLog, Position, Reader, Writer, get_reader, get_writer
 from .messages import Ack, Item, ItemError
+from .report import job_report
 from .spec import JobSpec
-from .store import Change, LeasedItem, Store, pack
+from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Outcome, Watcher
+from .store import LeasedItem, Store, pack, pack_leased
 
-RUNNING, PAUSED, DONE = "running", "paused", "done"
-
-
-class Watcher(Protocol):
-    """Whoever waits for a job (a subscription): told when work or state changes."""
-
-    leases: set[str]
-
-    def wake(self) -> None: ...
-
-
-@dataclass
-class Lease:
-    id: str
-    items: dict[int, tuple[Any, int]]  # id -> (item, failed attempts before this one)
-    owner: Watcher
-    deadline: float
-
-
-@dataclass
-class Outcome:
-    """What one step decided, before it is committed."""
-
-    change: Change = field(default_factory=Change)
-    dead: list[tuple[int, str, int]] = field(default_factory=list)  # id, reason, attempts
+log = logging.getLogger("planchet")
+T = TypeVar("T")
 
 
 class Job:
-    def __init__(self, spec: JobSpec, store: Store) -> None:
+    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None) -> None:
         self.spec = spec
         self.store = store
+        self.root = root  # the data dir: every file is checked to be inside it when opened
         self.name = spec.name
         self.lock = asyncio.Lock()
         self.watchers: set[Watcher] = set()
-        self.leases: dict[str, Lease] = {}
+        self.leases: dict[str, Lease] = {}  # in the order they were leased
         self.state = RUNNING
-        self.broken: str | None = "not opened"
+        self.broken: Broken | None = Broken(Fault.NOT_OPENED, "not opened yet")
         self.reader: Reader | None = None
         self.writer: Writer | None = None
         self.errors: ErrorLog | None = None
@@ -82,41 +67,43 @@ class Job:
         is finished here, since no later step would notice.
         """
         async with self.lock:
-            self._close_files()
-            for lease in self.leases.values():
-                lease.owner.leases.discard(lease.id)
-            self.leases.clear()
-            fields = await self._guard(self.store.read_job(self.name))
-            if "spec" not in fields:  # opening would cut the output back to nothing
-                self.broken = "its state is gone from Redis"
-                raise ServerError(f"job {self.name}: {self.broken}")
-            queue = await self._guard(self.store.requeue_all_leases(self.name))
-            self.queued = sum(len(batch) for batch in queue)
-            self.state = fields.get("state", RUNNING)
-            self.counts = {
-                k: int(fields.get(k, 0))
-                for k in ("next_id", "offset", "exhausted", "out_offset", "err_offset",
-                          "written", "failed")
-            }
-            if self.state != DONE:
-                self._open_files()
-            self.broken = None
-            self._history.clear()
-            await self._check_done()
+            self._forget_leases()
+            await asyncio.to_thread(self._close_files)
+            try:
+                await self._load()
+            except Exception as exc:
+                self._break(exc, opening=True)
+                raise self._as_error(exc) from exc
             self._notify()
 
+    async def _load(self) -> None:
+        record = await self.store.load_job(self.name)
+        if record is None:  # opening would cut the output back to nothing
+            raise _Unusable("its state is gone from Redis")
+        queue = await self.store.requeue_all_leases(self.name)
+        self.queued = sum(len(batch) for batch in queue)
+        self.state = JobState(record.state)
+        self.counts = dict(record.counts)
+        if self.state != DONE:
+            await asyncio.to_thread(self._open_files)  # never block the loop on a file
+        self.broken = None
+        self._history.clear()
+        await self._check_done()
+
     def _open_files(self) -> None:
-        spec = self.spec
+        spec, root = self.spec, self.root
         try:
             if spec.reader and not self.counts["exhausted"]:
-                self.reader = get_reader(spec.reader)(Path(spec.input_path or ""), spec.metadata)
+                self.reader = get_reader(spec.reader)(Path(spec.input_path or ""), spec.metadata,
+                                                      root=root)
                 self.reader.open(Position(self.counts["next_id"], self.counts["offset"]))
             if spec.writer and spec.mode != "read":
-                self.writer = get_writer(spec.writer)(Path(spec.output_path or ""), spec.metadata)
+                self.writer = get_writer(spec.writer)(Path(spec.output_path or ""), spec.metadata,
+                                                      root=root)
                 self.writer.open(self.counts["out_offset"])
-            self.errors = ErrorLog(Path(spec.error_path))
+            self.errors = ErrorLog(Path(spec.error_path), root=root)
             self.errors.open(self.counts["err_offset"])
-        except PlanchetError:
+        except BaseException:
             self._close_files()
             raise
 
@@ -126,17 +113,31 @@ class Job:
                 f.close()
         self.reader = self.writer = self.errors = None
 
-    async def close(self) -> None:
-        async with self.lock:
-            self._close_files()
-            self.broken = "closed"
-            self._notify()
+    def _forget_leases(self) -> None:
+        for lease in self.leases.values():
+            lease.owner.leases.discard(lease.id)
+        self.leases.clear()
 
-    async def set_state(self, state: str) -> None:
+    async def close(self) -> None:
+        """Stop the job for good (deleted, replaced, server stopping): no step after this.
+
+        Watchers are not woken here: ``end`` tells them once the removal is certain.
+        """
+        async with self.lock:
+            self._forget_leases()
+            await asyncio.to_thread(self._close_files)
+            self.broken = Broken(Fault.CLOSED, "closed")
+
+    def end(self, event: str) -> None:
+        """Tell the watchers of a closed job why (``deleted``), and wake them to leave."""
+        self.announce(event)
+        self._notify()
+
+    async def set_state(self, state: JobState) -> None:
         async with self.lock:
             if self.state == DONE:
                 return
-            await self._guard(self.store.update_job(self.name, {"state": state}))
+            await self._step(self.store.update_job(self.name, {"state": state}))
             self.state = state
             self._notify()
 
@@ -144,17 +145,45 @@ class Job:
     def done(self) -> bool:
         return self.state == DONE
 
+    @property
+    def closed(self) -> bool:
+        return self.broken is not None and self.broken.kind is Fault.CLOSED
+
+    def announce(self, event: str) -> None:
+        for watcher in list(self.watchers):
+            watcher.tell(event)
+
     def _notify(self) -> None:
         for watcher in list(self.watchers):
             watcher.wake()
 
-    async def _guard(self, step: Any) -> Any:
-        """Run a Redis step; on failure mark the job broken until ``open`` reloads it."""
+    # --- failure: any exception in a step breaks the job until ``open`` ---------------
+
+    async def _step(self, work: Awaitable[T]) -> T:
+        """Await part of a step; if it fails, in any way, break the job and raise."""
         try:
-            return await step
-        except Unavailable as exc:
-            self.broken = f"storage failed: {exc}"
-            raise Unavailable(f"job {self.name}: {self.broken}") from exc
+            return await work
+        except Exception as exc:
+            self._break(exc)
+            raise self._as_error(exc) from exc
+
+    def _break(self, exc: BaseException, opening: bool = False) -> None:
+        if isinstance(exc, Unavailable):
+            self.broken = Broken(Fault.STORAGE, f"storage failed: {exc}")
+        elif isinstance(exc, _Unusable) or (opening and isinstance(exc, PlanchetError)):
+            self.broken = Broken(Fault.UNUSABLE, str(exc))
+        else:
+            if not isinstance(exc, PlanchetError):
+                log.error("job %s: a step failed; reopening it from its last commit",
+                          self.name, exc_info=exc)
+            self.broken = Broken(Fault.STEP, f"a step failed ({type(exc).__name__}: {exc})")
+
+    def _as_error(self, exc: BaseException) -> PlanchetError:
+        assert self.broken is not None
+        if self.broken.kind is Fault.UNUSABLE:
+            return exc if isinstance(exc, PlanchetError) else ServerError(str(exc))
+        # nothing of the step was taken; its items come back when the job reloads
+        return Unavailable(f"job {self.name}: {self.broken}")
 
     # --- serving ----------------------------------------------------------------------
 
@@ -167,13 +196,13 @@ class Job:
             while self.state == RUNNING and not self.broken and self.spec.mode != "write":
                 lease_id = secrets.token_hex(8)
                 if self.queued and (
-                    queued := await self._guard(self.store.take_queued(self.name, lease_id))
+                    queued := await self._step(self.store.take_queued(self.name, lease_id))
                 ):
                     self.queued -= len(queued)
                     return self._hold(lease_id, queued, owner)
                 if self.counts["exhausted"]:
                     return None
-                items = await self._read(lease_id, batch_size)
+                items = await self._step(self._read(lease_id, batch_size))
                 if items:
                     return self._hold(lease_id, items, owner)
             return None
@@ -193,14 +222,14 @@ class Job:
         """Read a chunk, log its bad lines, and lease its items, in one commit."""
         assert self.reader is not None
         chunk = await asyncio.to_thread(self.reader.read, batch_size)  # big lines: off the loop
-        items = [(i, item, 0) for i, item in chunk.items]
+        blob, items, unencodable = pack_leased(chunk.items)
         outcome = Outcome()
-        outcome.dead = [(i, reason, 0) for i, reason in chunk.errors]
+        outcome.dead = [(i, reason, 0) for i, reason in [*chunk.errors, *unencodable]]
         outcome.change.fields = {"next_id": chunk.position.next_id, "offset": chunk.position.offset}
         if not chunk.items and not chunk.errors:
             outcome.change.fields["exhausted"] = 1
         if items:
-            outcome.change.put_lease = (lease_id, pack(items))
+            outcome.change.put_lease = (lease_id, blob)
         await self._commit(outcome)
         if self.counts["exhausted"]:
             self.reader.close()
@@ -215,34 +244,41 @@ class Job:
         """Take a worker's results for (part of) a lease: write, retry or fail each item."""
         async with self.lock:
             if lease_id is None:
-                return await self._write_unleased(results, errors)
+                if self.spec.mode != "write":
+                    raise BadRequest("a result needs a lease, except in a write-only job")
+                if self.broken:
+                    raise Unavailable(f"job {self.name} cannot take results now: {self.broken}")
+                return await self._step(self._write_unleased(results, errors))
             lease = self.leases.get(lease_id)
             if lease is None or self.broken:
                 return Ack(job=self.name, lease=lease_id, dropped=len(results) + len(errors))
-            pending = dict(lease.items)
-            accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]
-            outcome = Outcome()
-            failing = [(e, pending.pop(e.id)) for e in errors if e.id in pending]
-            for err, entry in failing:
-                self._fail_item(outcome, err.id, entry, err.message, err.retry)
-            written = await self._write(outcome, accepted, lease.items)
-            if pending:
-                outcome.change.put_lease = (lease.id, pack(_packed(pending)))
-            else:
-                outcome.change.drop_lease = lease.id
-            await self._commit(outcome)
-            lease.items = pending
-            if not pending:
-                self._release(lease)
-            await self._check_done()
-            return Ack(
-                job=self.name,
-                lease=lease_id,
-                written=written,
-                retried=len(outcome.change.requeue),
-                failed=len(outcome.dead),
-                dropped=len(results) + len(errors) - len(accepted) - len(failing),
-            )
+            return await self._step(self._settle(lease, results, errors))
+
+    async def _settle(self, lease: Lease, results: list[Item], errors: list[ItemError]) -> Ack:
+        pending = dict(lease.items)
+        accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]
+        outcome = Outcome()
+        failing = [(e, pending.pop(e.id)) for e in errors if e.id in pending]
+        for err, entry in failing:
+            self._fail_item(outcome, err.id, entry, err.message, err.retry)
+        written = await self._write(outcome, accepted, lease.items)
+        if pending:
+            outcome.change.put_lease = (lease.id, pack(_packed(pending)))
+        else:
+            outcome.change.drop_lease = lease.id
+        await self._commit(outcome)
+        lease.items = pending
+        if not pending:
+            self._end(lease)
+        await self._check_done()
+        return Ack(
+            job=self.name,
+            lease=lease.id,
+            written=written,
+            retried=len(outcome.change.requeue),
+            failed=len(outcome.dead),
+            dropped=len(results) + len(errors) - len(accepted) - len(failing),
+        )
 
     async def _write(self, outcome: Outcome, accepted: list[Item],
                      leased: dict[int, tuple[Any, int]]) -> int:
@@ -258,10 +294,6 @@ class Job:
 
     async def _write_unleased(self, results: list[Item], errors: list[ItemError]) -> Ack:
         """A write-only job takes items that were never leased; each id settles once."""
-        if self.spec.mode != "write":
-            raise BadRequest("a result needs a lease, except in a write-only job")
-        if self.broken:
-            raise Unavailable(f"job {self.name} cannot take results now: {self.broken}")
         unique: dict[int, Any] = {}
         for i, item in results:
             unique.setdefault(i, item)  # the first result for an id wins; order is kept
@@ -270,7 +302,7 @@ class Job:
             if err.id not in unique:  # a result beats an error for the same id
                 failing.setdefault(err.id, err.message)
         ids = [*unique, *failing]
-        fresh = dict(zip(ids, await self._guard(self.store.new_ids(self.name, ids)), strict=True))
+        fresh = dict(zip(ids, await self.store.new_ids(self.name, ids), strict=True))
         accepted = [(i, item) for i, item in unique.items() if fresh[i]]
         outcome = Outcome()
         written = await self._write(outcome, accepted, {i: (None, 0) for i in unique})
@@ -299,25 +331,28 @@ class Job:
                 outcome.change.requeue.append((item_id, item, attempts))
         outcome.change.drop_lease = lease.id
         await self._commit(outcome)
-        self._release(lease)
+        self._end(lease)
         await self._check_done()
 
-    def _release(self, lease: Lease) -> None:
+    def _end(self, lease: Lease) -> None:
         del self.leases[lease.id]
         lease.owner.leases.discard(lease.id)
         lease.owner.wake()
 
-    async def release(self, owner: Watcher, charge: bool = True) -> None:
-        """Give back every lease of ``owner`` (its connection closed): requeue at once.
+    async def release(self, owner: Watcher, crashed: bool = True) -> None:
+        """Give back every lease of ``owner`` (its connection ended): requeue at once.
 
-        A worker that vanished counts an attempt (so an item that kills its workers
-        ends in the error file); a server shutting down (``charge=False``) does not.
+        A worker that crashed is charged an attempt on its oldest lease, the one it was
+        working on, so an item that kills its workers ends in the error file; the
+        batches it had only prefetched go back free, so workers that merely come and go
+        fail nothing. A clean goodbye, or a server shutting down, charges nothing.
         """
         async with self.lock:
-            for lease in [le for le in self.leases.values() if le.owner is owner]:
+            for n, lease in enumerate([le for le in self.leases.values() if le.owner is owner]):
                 if self.broken:
                     return  # ``open`` will requeue it from Redis
-                await self._fail_lease(lease, "worker disconnected", charge)
+                await self._step(self._fail_lease(lease, "worker disconnected",
+                                                  charge=crashed and n == 0))
 
     async def expire(self, now: float | None = None) -> list[Watcher]:
         """Requeue leases past their deadline (a hung worker); return their owners."""
@@ -327,26 +362,19 @@ class Job:
             for lease in expired:
                 if self.broken:
                     break
-                await self._fail_lease(lease, f"lease expired after {self.spec.lease_timeout}s")
+                reason = f"lease expired after {self.spec.lease_timeout}s"
+                await self._step(self._fail_lease(lease, reason))
             return [lease.owner for lease in expired]
 
     async def _commit(self, outcome: Outcome) -> None:
-        """Log dead items, then commit the step; memory changes only after Redis has.
-
-        A failed log write breaks the job like a failed Redis write: the step may already
-        have appended output or moved the reader, and only ``open`` puts both back.
-        """
+        """Log dead items, then commit the step; memory changes only after Redis has."""
         change = outcome.change
         if outcome.dead:
             assert self.errors is not None
-            try:
-                offset = await asyncio.to_thread(self.errors.write, outcome.dead)
-            except PlanchetError as exc:
-                self.broken = f"storage failed: {exc}"
-                raise
+            offset = await asyncio.to_thread(self.errors.write, outcome.dead)
             change.fields["err_offset"] = offset
             change.fields["failed"] = self.counts["failed"] + len(outcome.dead)
-        await self._guard(self.store.apply(self.name, change))
+        await self.store.apply(self.name, change)
         for key, value in change.fields.items():
             self.counts[key] = int(value)
         self.queued += len(change.requeue)
@@ -362,7 +390,7 @@ class Job:
             and not self.leases
             and not self.queued
         ):
-            await self._guard(self.store.update_job(self.name, {"state": DONE}))
+            await self.store.update_job(self.name, {"state": DONE})
             self.state = DONE
             self._close_files()
             self._notify()
@@ -370,36 +398,9 @@ class Job:
     # --- reporting ----------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
-        c = self.counts
-        in_flight = sum(len(le.items) for le in self.leases.values())
-        rate = self._rate()
-        # a read-out file is closed and may be gone: its size is what was read
-        size = self.reader.size() if self.reader and not c["exhausted"] else c["offset"]
-        remaining = in_flight + self.queued
-        if not c["exhausted"] and c["offset"]:
-            remaining += round(c["next_id"] * max(size - c["offset"], 0) / c["offset"])
-        return {
-            "job": self.name,
-            "state": self.state,
-            "mode": self.spec.mode,
-            "read": c["next_id"],
-            "written": c["written"],
-            "failed": c["failed"],
-            "in_flight": in_flight,
-            "queued": self.queued,
-            "exhausted": bool(c["exhausted"]),
-            "bytes_read": c["offset"],
-            "bytes_total": size,
-            "rate": rate,
-            "eta_seconds": remaining / rate if rate else None,
-            "error": self.broken,
-            # the original Planchet's report keys, for old scripts
-            "served": in_flight,
-            "received": c["written"],
-            "status": "COMPLETE" if self.state == DONE else "IN_PROGRESS",
-        }
+        return job_report(self)
 
-    def _rate(self) -> float:
+    def rate(self) -> float:
         """Items settled per second over the recent past (up to 120 steps)."""
         if len(self._history) < 2:
             return 0.0
@@ -407,5 +408,12 @@ class Job:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+class _Unusable(ServerError):
+    """The job cannot be opened as it is; an operator must act."""
+
+
 def _packed(items: dict[int, tuple[Any, int]]) -> list[LeasedItem]:
     return [(i, item, attempts) for i, (item, attempts) in items.items()]
+
+
+__all__ = ["DONE", "PAUSED", "RUNNING", "Broken", "Fault", "Job", "JobState", "Lease"]

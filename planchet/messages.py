@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
 )
 
+from . import strictjson
 from .exceptions import BadFrame, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -187,15 +188,40 @@ def encode(message: Message) -> bytes:
 
 def _parse(frame: bytes | str) -> Any:
     try:
-        return orjson.loads(frame)
+        return strictjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         raise BadFrame(f"frame is not JSON: {exc}") from None
+    except ValueError as exc:  # JSON, but with values that would change in transit
+        raise ProtocolError(f"frame cannot be carried exactly: {exc}") from None
 
 
-def _validate(adapter: TypeAdapter[Any], frame: bytes | str) -> Any:
+def envelope(frame: bytes | str) -> dict[str, Any]:
+    """Parse a frame and check only what is cheap: an object with a string ``type``, and
+    lists no longer than any message allows. Full validation comes after ``admit``."""
     data = _parse(frame)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError('a frame must be a JSON object with a string "type"')
+    for key in ("items", "errors"):
+        value = data.get(key)
+        if isinstance(value, list) and len(value) > MAX_BATCH_SIZE:
+            raise ProtocolError(f"{key} holds {len(value)} entries; at most {MAX_BATCH_SIZE}")
+    return data
+
+
+def admission(data: dict[str, Any]) -> tuple[str, str | None, str | None, bool]:
+    """What an authorisation check needs from an envelope: type, job, token, clean_start.
+
+    Fields of the wrong type are read as absent here; validation refuses them after.
+    """
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    return data["type"], text("job"), text("token"), data.get("clean_start") is True
+
+
+def _validate(adapter: TypeAdapter[Any], frame: bytes | str | dict[str, Any]) -> Any:
+    data = frame if isinstance(frame, dict) else envelope(frame)
     kind = _shorten(data["type"])
     try:
         return adapter.validate_python(data)
@@ -215,8 +241,9 @@ def _shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def decode_client(frame: bytes | str) -> ClientMessage:
-    """Parse a frame a client sent; ``ProtocolError`` says what is wrong with it."""
+def decode_client(frame: bytes | str | dict[str, Any]) -> ClientMessage:
+    """Parse a frame a client sent (or validate its ``envelope``); ``ProtocolError`` says
+    what is wrong with it."""
     return _validate(_client_adapter, frame)
 
 

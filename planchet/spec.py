@@ -1,8 +1,9 @@
 """What a job is: its spec, built from a ``start_job`` request with every path checked.
 
-Paths are resolved here, once, against the data directory; symlinks are followed
-before the check, so neither ``..`` nor an absolute path nor a link can make the
-server read or write a file outside it.
+Paths are resolved here against the data directory, derived ones included; symlinks
+are followed before the check, so neither ``..`` nor an absolute path nor a link can
+make the server read or write a file outside it. The formats check again at every open
+(``planchet.paths``), since a file can be swapped for a link after the job starts.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import PRIVATE_DIR
 from .exceptions import BadRequest, PathRefused
 from .formats import get_reader, get_writer
 from .messages import Mode, StartJob
+from .paths import refusal
 
 ERROR_SUFFIX = ".errors.jsonl"
 
@@ -51,12 +52,15 @@ def resolve_inside(data_dir: Path, raw: Any, key: str) -> Path:
     """Resolve ``raw`` against ``data_dir``; refuse anything that ends up outside it."""
     if not isinstance(raw, str) or not raw or "\x00" in raw:
         raise BadRequest(f"metadata[{key!r}] must be a non-empty path string")
-    root = data_dir.resolve()
-    path = (root / raw).resolve()
-    if not path.is_relative_to(root):
-        raise PathRefused(f"{key} {raw!r} is outside the data directory")
-    if path.is_relative_to(root / PRIVATE_DIR):
-        raise PathRefused(f"{key} {raw!r} is in the server's own {PRIVATE_DIR} directory")
+    return _checked(data_dir, data_dir.resolve() / raw, f"{key} {raw!r}")
+
+
+def _checked(data_dir: Path, path: Path, what: str) -> Path:
+    """``path`` with every link followed, or PathRefused if that leaves the data dir."""
+    path = path.resolve()
+    reason = refusal(data_dir, path)
+    if reason:
+        raise PathRefused(f"{what} is {reason}")
     return path
 
 
@@ -85,12 +89,13 @@ def build_spec(request: StartJob, data_dir: Path) -> JobSpec:
     else:
         base = output_path or input_path
         assert base is not None  # every mode has a reader or a writer
-        error_path = base.with_name(base.name + ERROR_SUFFIX)
+        derived = base.with_name(base.name + ERROR_SUFFIX)  # may be a planted link
+        error_path = _checked(data_dir, derived, f"the default error file {derived.name!r}")
     if input_path is not None and input_path in (output_path, error_path):
         raise BadRequest("a job cannot write the file it reads")
     if output_path == error_path:
         raise BadRequest("the error file must differ from the output file")
-    return JobSpec(
+    return _storable(JobSpec(
         name=request.job,
         mode=request.mode,
         reader=request.reader,
@@ -102,4 +107,23 @@ def build_spec(request: StartJob, data_dir: Path) -> JobSpec:
         batch_size=request.batch_size,
         lease_timeout=request.lease_timeout,
         max_attempts=request.max_attempts,
-    )
+    ))
+
+
+def _storable(spec: JobSpec) -> JobSpec:
+    """``spec``, once it is known to come back unchanged from its stored JSON form.
+
+    A spec that Redis can hold but the server cannot load (metadata nested too deeply
+    for pydantic, say) would stop the server at every start, so it is refused up front.
+    """
+    try:
+        back = JobSpec.model_validate_json(spec.model_dump_json())
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+    except ValueError as exc:  # PydanticSerializationError
+        reason = str(exc)
+    else:
+        if back == spec:
+            return spec
+        reason = "it reads back changed"
+    raise BadRequest(f"the job's metadata cannot be stored: {reason}")

@@ -43,12 +43,44 @@ return blob
 """
 
 
+COUNTS = ("next_id", "offset", "exhausted", "out_offset", "err_offset", "written", "failed")
+
+
 def pack(items: Iterable[LeasedItem]) -> bytes:
     return orjson.dumps(list(items))
 
 
+def pack_leased(
+    items: Iterable[tuple[int, Any]],
+) -> tuple[bytes, list[LeasedItem], list[tuple[int, str]]]:
+    """Pack fresh items for a lease, one by one: an item that cannot be encoded (nested
+    too deep, say) is returned with its reason instead of failing the whole batch."""
+    parts: list[bytes] = []
+    good: list[LeasedItem] = []
+    bad: list[tuple[int, str]] = []
+    for i, item in items:
+        try:
+            parts.append(orjson.dumps([i, item, 0]))
+        except TypeError as exc:  # orjson.JSONEncodeError
+            bad.append((i, f"cannot encode item: {exc}"))
+        else:
+            good.append((i, item, 0))
+    return b"[" + b",".join(parts) + b"]", good, bad
+
+
 def unpack(blob: bytes) -> list[LeasedItem]:
     return [(i, item, attempts) for i, item, attempts in orjson.loads(blob)]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's hash in Redis, typed: the spec as stored, its token digest, its state and
+    its counters (read position, committed file offsets, items written and failed)."""
+
+    spec: str
+    token: str
+    state: str
+    counts: dict[str, int]
 
 
 @dataclass
@@ -73,6 +105,15 @@ def _storage_step(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
             raise Unavailable(f"Redis failed: {exc}") from exc
 
     return step
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(fields: dict[str, Any]) -> dict[Any, Any]:
+    """A hash's new fields, typed as redis-py's ``hset`` wants them."""
+    return dict(fields)
 
 
 class Store:
@@ -126,17 +167,30 @@ class Store:
 
     @_storage_step
     async def job_names(self) -> list[str]:
-        return sorted(n.decode() for n in await self.redis.smembers(self._jobs))
+        return sorted(_text(n) for n in await self.redis.smembers(self._jobs))
 
     @_storage_step
     async def read_job(self, name: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self._job(name))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    @_storage_step
+    async def load_job(self, name: str) -> JobRecord | None:
+        """The job's record, or None if its state is gone (never created, or lost)."""
+        fields = await self.read_job(name)
+        if "spec" not in fields:
+            return None
+        return JobRecord(
+            spec=fields["spec"],
+            token=fields.get("token", ""),
+            state=fields.get("state", "running"),
+            counts={k: int(fields.get(k, 0)) for k in COUNTS},
+        )
 
     @_storage_step
     async def owner_of(self, path: str) -> str | None:
         owner = await self.redis.hget(self._outputs, path)
-        return owner.decode() if owner else None
+        return _text(owner) if owner else None
 
     @_storage_step
     async def create_job(self, name: str, fields: dict[str, Any], paths: list[str]) -> None:
@@ -144,7 +198,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
                 pipe.delete(key)
-            pipe.hset(self._job(name), mapping=fields)
+            pipe.hset(self._job(name), mapping=_fields(fields))
             pipe.sadd(self._jobs, name)
             for path in paths:
                 pipe.hset(self._outputs, path, name)
@@ -152,7 +206,7 @@ class Store:
 
     @_storage_step
     async def update_job(self, name: str, fields: dict[str, Any]) -> None:
-        await self.redis.hset(self._job(name), mapping=fields)
+        await self.redis.hset(self._job(name), mapping=_fields(fields))
 
     @_storage_step
     async def delete_job(self, name: str, paths: list[str]) -> None:
@@ -201,7 +255,7 @@ class Store:
         """Commit one step of a job atomically (see ``Change``)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if change.fields:
-                pipe.hset(self._job(name), mapping=change.fields)
+                pipe.hset(self._job(name), mapping=_fields(change.fields))
             if change.put_lease:
                 pipe.hset(self._leases(name), *change.put_lease)
             if change.drop_lease:

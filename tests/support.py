@@ -6,6 +6,8 @@ and stop a ``planchet serve`` subprocess the same way.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
@@ -13,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -47,6 +49,44 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
         time.sleep(0.05)
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], what: str, timeout: float = 30.0
+) -> T:
+    """The asyncio twin of :func:`wait_until`: ``check`` may be a plain or an async function.
+
+    It polls on the event loop, so the server under test runs between two checks.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+        await asyncio.sleep(0.01)
+
+
+def asleep(task: asyncio.Task[object]) -> bool:
+    """Whether ``task`` has ended or sleeps on an ``asyncio.Event`` that nobody has set.
+
+    A server pump that sleeps so has done everything it was woken for, and has handed
+    every batch it decided to push to its session. That is the event a test of "nothing
+    more is sent" waits for before it looks: a positive proof that the pump has had its
+    chance, where waiting a number of loop turns would only be a hope. (Read from the
+    coroutine's own frames: ``cr_await`` is what it awaits now, and ``Event.wait``'s
+    ``self`` is the event.)
+    """
+    if task.done():
+        return True
+    waiting = task.get_coro().cr_await  # type: ignore[union-attr]
+    if getattr(waiting, "__qualname__", None) != "Event.wait":
+        return False
+    event: asyncio.Event = waiting.cr_frame.f_locals["self"]
+    return not event.is_set()
 
 
 def health(port: int) -> dict[str, object] | None:

@@ -14,6 +14,7 @@ import redis.asyncio
 from planchet import embedded
 from planchet.embedded import RedisProcess, find_redis_server, free_port
 from planchet.exceptions import ServerError
+from tests.support import wait_until
 
 
 def client_of(proc: RedisProcess) -> redis.Redis:
@@ -40,7 +41,7 @@ def test_start_ping_stop(tmp_path: Path) -> None:
     started_in = time.perf_counter() - began
     try:
         assert started_in < 2.0
-        assert proc.url == f"redis://127.0.0.1:{proc.port}/0"
+        assert proc.url == f"redis://:{proc.password}@127.0.0.1:{proc.port}/0"
         with client_of(proc) as client:
             assert client.ping() is True
             config = client.config_get("*")
@@ -112,7 +113,7 @@ def test_fixed_port_is_used(tmp_path: Path) -> None:
     port = free_port()
     with RedisProcess(tmp_path / "redis", port=port) as proc:
         assert proc.port == port
-        assert proc.url == f"redis://127.0.0.1:{port}/0"
+        assert proc.address == f"127.0.0.1:{port}"
 
 
 def test_port_before_start_is_an_error(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ async def test_fixtures_give_a_clean_redis(
     assert await redis_client.dbsize() == 0
     await redis_client.set("k", "v")
     assert await redis_client.get("k") == b"v"
-    assert redis_url.startswith("redis://127.0.0.1:")
+    assert redis_url.startswith("redis://:") and "@127.0.0.1:" in redis_url
     assert data_dir.is_dir()
     assert not any(data_dir.iterdir())
     assert (shared_data / "news_headlines.jsonl").is_file()
@@ -208,6 +209,88 @@ def test_a_second_owner_of_a_directory_is_refused(tmp_path):
         with pytest.raises(ServerError, match="another Planchet server"):
             RedisProcess(tmp_path / "r").start()
         assert first.running  # and the first one's Redis is untouched
-        assert redis.Redis(port=first.port).ping()
+        assert client_of(first).ping()
     finally:
         first.stop()
+
+
+# --- privacy: a password nobody else sees, files nobody else reads ----------------------
+
+
+def unauthenticated_ping(port: int) -> bytes:
+    """Redis' raw answer to a PING sent without the password."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(200)
+
+
+def test_a_client_without_the_password_is_refused(redis_proc: RedisProcess) -> None:
+    """Another local user who finds the port gets NOAUTH, not the jobs' data."""
+    assert unauthenticated_ping(redis_proc.port).startswith(b"-NOAUTH")
+    with client_of(redis_proc) as client:
+        assert client.ping() is True
+
+
+def test_the_password_is_on_no_command_line_and_in_no_file(tmp_path: Path) -> None:
+    """``ps``, ``/proc/<pid>/environ`` and the Redis directory never show the password."""
+    proc = RedisProcess(tmp_path / "redis")
+    proc.start()
+    try:
+        with client_of(proc) as client:
+            client.set("k", "v")
+        assert proc.pid is not None
+        secret = proc.password.encode()
+        for name in ("cmdline", "environ"):
+            shown = Path(f"/proc/{proc.pid}/{name}").read_bytes()
+            assert secret not in shown and b"requirepass" not in shown
+    finally:
+        proc.stop()
+    files = [path for path in (tmp_path / "redis").iterdir() if path.is_file()]
+    assert {path.name for path in files} >= {"appendonly.aof", "redis.log"}
+    assert not [path for path in files if secret in path.read_bytes()]
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_directory_and_its_files_are_private(tmp_path: Path) -> None:
+    """The Redis directory is 0700 and every file in it 0600, whatever the umask."""
+    old_umask = os.umask(0o022)
+    try:
+        with RedisProcess(tmp_path / "redis") as proc, client_of(proc) as client:
+            client.set("k", "v")
+            client.bgrewriteaof()  # a rewritten AOF is a new file: created 0600 too
+            wait_until(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0
+                       and client.info("persistence")["aof_last_bgrewrite_status"] == "ok",
+                       "the AOF rewrite")
+    finally:
+        os.umask(old_umask)
+    assert mode(tmp_path / "redis") == 0o700
+    files = [path for path in (tmp_path / "redis").iterdir() if path.is_file()]
+    assert "appendonly.aof" in {path.name for path in files}
+    assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
+
+
+def test_a_directory_from_an_older_version_is_made_private(tmp_path: Path) -> None:
+    """A world-readable directory and AOF left by an older Planchet are closed on start."""
+    directory = tmp_path / "redis"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    (directory / "appendonly.aof").write_bytes(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nold\r\n")
+    (directory / "appendonly.aof").chmod(0o644)
+    with RedisProcess(directory) as proc, client_of(proc) as client:
+        assert client.get("k") == b"old"  # the old AOF was loaded, under a password now
+        assert mode(directory) == 0o700
+        assert mode(directory / "appendonly.aof") == 0o600
+
+
+def test_a_restart_keeps_the_port_and_the_password(tmp_path: Path) -> None:
+    """A supervisor's restart serves the URL the store already holds."""
+    with RedisProcess(tmp_path / "redis") as proc:
+        url = proc.url
+        proc.kill()
+        proc.start()
+        assert proc.url == url
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            assert client.ping() is True

@@ -1,15 +1,15 @@
 """The examples run as a user would run them: several processes against a real server.
 
-``spacy_ner.py`` needs spaCy and a downloaded model, so it is only compiled here;
-``headline_entities.py`` is the same script with a model-free stand-in for NER, and
-runs for real. The demo script runs too, on a small input in the test's directory.
+``spacy_ner.py`` runs for real with spaCy (a test dependency): without the downloaded
+model it uses a blank pipeline with an EntityRuler, which finds real entities in the
+headlines. ``headline_entities.py`` is the same script with a model-free stand-in for
+NER. The demo script runs too, on a small input in the test's directory.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import py_compile
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +31,11 @@ def many_headlines(data_dir: Path, shared_data: Path) -> int:
     return lines.count(b"\n") * REPEAT
 
 
-def run_processes(commands: list[list[str]], timeout: float = 60) -> list[str]:
+def run_processes(commands: list[list[str]], timeout: float = 60,
+                  env: dict[str, str] | None = None) -> list[str]:
+    """Run the commands at once; the output of each (stdout and stderr), all exit codes 0."""
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=clean_env()) for c in commands]
+                              env={**clean_env(), **(env or {})}) for c in commands]
     outputs = []
     try:
         for proc in procs:
@@ -60,6 +62,7 @@ def records_by_id(path: Path, expected: int) -> dict[int, dict[str, object]]:
 def test_headline_entities_with_three_workers(
     serve_url: str, many_headlines: int, data_dir: Path
 ) -> None:
+    """Three copies of the model-free entity example tag every headline exactly once."""
     script = str(EXAMPLES / "headline_entities.py")
     outputs = run_processes([[sys.executable, script, str(k), "--url", serve_url,
                               "--batch-size", "40"] for k in range(3)])
@@ -74,6 +77,7 @@ def test_headline_entities_with_three_workers(
 def test_async_consumer_with_three_processes(
     serve_url: str, many_headlines: int, data_dir: Path
 ) -> None:
+    """Three asyncio consumers share a job and count the words of every headline exactly once."""
     script = str(EXAMPLES / "async_consumer.py")
     run_processes([[sys.executable, script, "--url", serve_url, "--job", "counts",
                     "--batch-size", "25"] for _ in range(3)])
@@ -84,11 +88,25 @@ def test_async_consumer_with_three_processes(
         assert item["longest"] == max(words, key=len)
 
 
-def test_spacy_example_compiles() -> None:
-    py_compile.compile(str(EXAMPLES / "spacy_ner.py"), doraise=True)
+@pytest.mark.timeout(300)  # beyond its bounds: a start and two workers of 120 s each
+def test_spacy_example_with_two_workers(
+    serve_url: str, many_headlines: int, data_dir: Path
+) -> None:
+    """The original README's spaCy example, two copies at once, tags every headline once."""
+    script = str(EXAMPLES / "spacy_ner.py")
+    outputs = run_processes([[sys.executable, script, str(k)] for k in range(2)],
+                            timeout=120, env={"PLANCHET_URL": serve_url})
+    assert "Processing headlines batch..." in "".join(outputs)
+    items = records_by_id(data_dir / "data" / "entities.jsonl", many_headlines)
+    assert not (data_dir / "data" / "entities.jsonl.errors.jsonl").read_bytes()
+    for item in items.values():
+        assert all(isinstance(e, str) and e in str(item["text"]) for e in item["ents"])
+    tagged = sum(bool(item["ents"]) for item in items.values())
+    assert tagged >= many_headlines // 4, f"entities in only {tagged} of {many_headlines}"
 
 
 def test_uppercase_speaks_the_worker_protocol() -> None:
+    """The co-process example answers JSON lines as `planchet work` expects, errors included."""
     lines = "\n".join(json.dumps(r) for r in (
         {"id": 7, "item": {"text": "Hi there"}}, {"id": 8, "item": "plain"},
         {"id": 9, "item": 42})) + "\n"
@@ -100,7 +118,9 @@ def test_uppercase_speaks_the_worker_protocol() -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="the demo checks /proc")
+@pytest.mark.timeout(300)  # beyond the demo's own bound of 120 s
 def test_demo_script(tmp_path: Path, shared_data: Path) -> None:
+    """The demo script runs a whole job with its own server and cleans up after itself."""
     env = {**clean_env(), "PLANCHET_SHARED_DATA": str(shared_data)}
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--repeat", "2", "--workers", "2",

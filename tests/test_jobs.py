@@ -11,10 +11,11 @@ import orjson
 import pytest
 
 from planchet.embedded import RedisProcess
-from planchet.exceptions import BadRequest, FormatError, ServerError
-from planchet.jobs import DONE, PAUSED, RUNNING, Job, Lease
+from planchet.exceptions import BadRequest, FormatError, ServerError, Unavailable
+from planchet.jobs import Job
 from planchet.messages import ItemError, StartJob
 from planchet.spec import build_spec
+from planchet.state import DONE, PAUSED, RUNNING, Fault, Lease
 from planchet.store import Store
 
 LINES = 830  # github_issue_titles.jsonl
@@ -34,9 +35,13 @@ class Owner:
     def __init__(self) -> None:
         self.leases: set[str] = set()
         self.wakes = 0
+        self.events: list[str] = []
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def tell(self, event: str) -> None:
+        self.events.append(event)
 
 
 async def new_job(store: Store, data_dir: Path, name: str = "j", **overrides: Any) -> Job:
@@ -372,7 +377,7 @@ async def test_a_missing_input_file_cannot_be_opened_until_it_is_back(
                                   metadata={"input_file_path": "in.jsonl",
                                             "output_file_path": "out.jsonl"}), data_dir), store)
     OPENED.append(job)
-    assert job.broken == "not opened"
+    assert job.broken.kind is Fault.NOT_OPENED
     assert await job.lease(Owner(), 5) is None
     write_lines(data_dir / "in.jsonl", [{"n": 0}])
     await job.open()
@@ -625,7 +630,7 @@ async def test_a_redis_failure_breaks_the_job_until_it_is_reopened(
     redis_proc.kill()
     with pytest.raises(ServerError, match="storage failed"):
         await job.settle(lease.id, rest, [])
-    assert job.broken and job.broken.startswith("storage")
+    assert job.broken and job.broken.kind is Fault.STORAGE
     assert await job.lease(owner, 3) is None
     ack = await job.settle(lease.id, rest, [])
     assert ack.dropped == 2  # nothing is taken while the state cannot be committed
@@ -673,10 +678,10 @@ async def test_a_failed_error_log_write_cannot_make_a_result_count_twice(
     assert lease is not None
     assert job.errors is not None
     job.errors.close()  # the error log cannot be written (a full disk, say)
-    with pytest.raises(FormatError):
+    with pytest.raises(Unavailable, match="not open for writing"):  # nothing was taken
         await job.settle(lease.id, items_of(lease)[:2], [ItemError(id=2, message="no",
                                                                    retry=False)])
-    assert job.broken and job.broken.startswith("storage")  # maintenance will reopen it
+    assert job.broken and job.broken.kind is Fault.STEP  # maintenance will reopen it
     ack = await job.settle(lease.id, items_of(lease), [])
     assert ack.dropped == 4  # nothing more lands on top of the uncommitted bytes
 
@@ -692,9 +697,9 @@ async def test_a_failed_error_log_write_does_not_skip_what_was_read(
     job = await new_job(store, data_dir, batch_size=2)
     assert job.errors is not None
     job.errors.close()
-    with pytest.raises(FormatError):
+    with pytest.raises(Unavailable, match="not open for writing"):
         await job.lease(Owner(), 2)  # read 0, 1 (bad), 2; could not log 1
-    assert job.broken and job.broken.startswith("storage")
+    assert job.broken and job.broken.kind is Fault.STEP
     await job.open()
     await drain(job)
     assert output_of(job) == {0: {"n": 0}, 2: {"n": 2}, 3: {"n": 3}}

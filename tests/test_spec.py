@@ -206,3 +206,41 @@ def test_identity_sees_everything_else(data_dir: Path, change: dict) -> None:
 def test_a_spec_survives_its_json_form(data_dir: Path) -> None:
     spec = build_spec(request(metadata=meta(extra={"nested": [1, "x"]})), data_dir)
     assert JobSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_a_link_planted_at_the_default_error_path_is_refused(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The derived ``<output>.errors.jsonl`` is resolved and checked like a named path."""
+    (data_dir / ("out.jsonl" + ERROR_SUFFIX)).symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(PathRefused, match="default error file"):
+        build_spec(request(), data_dir)
+    (data_dir / ("a.jsonl" + ERROR_SUFFIX)).symlink_to(data_dir / ".planchet" / "x.jsonl")
+    with pytest.raises(PathRefused, match=r"\.planchet"):
+        build_spec(request(mode="read", writer=None, metadata={"input_file_path": "a.jsonl"}),
+                   data_dir)
+
+
+def test_a_default_error_path_linked_to_the_input_is_refused(data_dir: Path) -> None:
+    """Following the link at the default error path shows it is the input: refused."""
+    (data_dir / "in.jsonl").write_text("{}\n")
+    (data_dir / ("out.jsonl" + ERROR_SUFFIX)).symlink_to(data_dir / "in.jsonl")
+    with pytest.raises(BadRequest, match="cannot write the file it reads"):
+        build_spec(request(), data_dir)
+
+
+def test_a_default_error_path_linked_inside_is_resolved(data_dir: Path) -> None:
+    """A link at the default error path that stays inside is stored as its target."""
+    (data_dir / ("out.jsonl" + ERROR_SUFFIX)).symlink_to(data_dir / "errors.jsonl")
+    spec = build_spec(request(), data_dir)
+    assert spec.error_path == str(data_dir.resolve() / "errors.jsonl")
+
+
+@pytest.mark.parametrize("levels", [200, 300])
+def test_metadata_that_would_not_load_back_is_refused(data_dir: Path, levels: int) -> None:
+    """A spec the server could store but not load again is refused when the job starts."""
+    deep: Any = 1
+    for _ in range(levels):
+        deep = [deep]
+    with pytest.raises(BadRequest, match="metadata cannot be stored"):
+        build_spec(request(metadata=meta(extra=deep)), data_dir)

@@ -12,6 +12,7 @@ from planchet.exceptions import BadRequest
 from planchet.formats.base import AppendOnlyFile, Chunk, Position, Reader, Writer
 from planchet.formats.csv import CsvReader, CsvWriter
 from planchet.formats.errorlog import ErrorLog
+from planchet.formats.files import check_regular
 from planchet.formats.jsonl import JsonlReader, JsonlWriter
 
 READERS: dict[str, type[Reader]] = {"JsonlReader": JsonlReader, "CsvReader": CsvReader}
@@ -51,6 +52,7 @@ __all__ = [
     "Position",
     "Reader",
     "Writer",
+    "check_regular",
     "get_reader",
     "get_writer",
 ]

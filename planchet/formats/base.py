@@ -3,6 +3,11 @@
 The server keeps a read ``Position`` and a committed output offset in Redis. On restart
 a reader seeks straight to the position and a writer truncates back to the offset, so
 offsets here are always exact byte counts in the file, never character counts.
+
+Every open goes through ``files.open_fd``: given the data directory as ``root``, the
+path is checked again each time, a final symlink is refused and so is anything that is
+not a regular file. A reader caps record length, so no file can make it hold more than
+``max_line_bytes`` of one record in memory.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import pathlib
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
-from planchet.exceptions import FormatError
+from planchet.exceptions import BadRequest, FormatError
+from planchet.formats.files import check_regular, open_fd
 
 READ_BUFFER = 1 << 16
+MAX_LINE_BYTES = 16 * 2**20
 
 
 class Position(NamedTuple):
@@ -48,9 +55,20 @@ class Reader(abc.ABC):
     # A chunk also ends after this many errors, so a garbage file cannot fill memory.
     max_errors = 1000
 
-    def __init__(self, path: pathlib.Path, metadata: dict) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path,
+        metadata: dict,
+        *,
+        root: pathlib.Path | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        if max_line_bytes < 1:
+            raise BadRequest(f"max_line_bytes must be positive, got {max_line_bytes}")
         self.path = pathlib.Path(path)
         self.metadata = dict(metadata or {})
+        self.root = root
+        self.max_line_bytes = max_line_bytes
         self._file: IO[bytes] | None = None
         self._next_id = 0
         self._offset = 0
@@ -65,10 +83,10 @@ class Reader(abc.ABC):
 
     def size(self) -> int:
         """Current file size in bytes, for progress reports."""
+        if self._file is None:
+            return check_regular(self.path, self.root)
         try:
-            if self._file is not None:
-                return os.fstat(self._file.fileno()).st_size
-            return self.path.stat().st_size
+            return os.fstat(self._file.fileno()).st_size
         except OSError as exc:
             raise FormatError(f"cannot stat {self.path}: {exc.strerror or exc}") from exc
 
@@ -80,10 +98,7 @@ class Reader(abc.ABC):
     def _open_at(self, offset: int) -> IO[bytes]:
         """Open for binary reading at ``offset``, refusing offsets the file cannot have."""
         self.close()
-        try:
-            file = open(self.path, "rb", buffering=READ_BUFFER)  # noqa: SIM115
-        except OSError as exc:
-            raise FormatError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        file = os.fdopen(open_fd(self.path, self.root, os.O_RDONLY), "rb", READ_BUFFER)
         try:
             check_offset(file, offset, self.path)
             file.seek(offset)
@@ -97,6 +112,16 @@ class Reader(abc.ABC):
         if self._file is None:
             raise FormatError(f"reader for {self.path} is not open")
         return self._file
+
+
+def skip_line(file: IO[bytes]) -> int:
+    """Read past the rest of a line in bounded pieces; return the bytes skipped."""
+    skipped = 0
+    while True:
+        part = file.readline(READ_BUFFER)
+        skipped += len(part)
+        if not part or part.endswith(b"\n"):
+            return skipped
 
 
 def check_offset(file: IO[bytes], offset: int, path: pathlib.Path) -> None:
@@ -117,9 +142,12 @@ class AppendOnlyFile:
     drops them; a file shorter than the offset has lost committed data, so it refuses.
     """
 
-    def __init__(self, path: pathlib.Path, metadata: dict | None = None) -> None:
+    def __init__(
+        self, path: pathlib.Path, metadata: dict | None = None, *, root: pathlib.Path | None = None
+    ) -> None:
         self.path = pathlib.Path(path)
         self.metadata = dict(metadata or {})
+        self.root = root
         self._file: IO[bytes] | None = None
         self._offset = 0
 
@@ -131,11 +159,9 @@ class AppendOnlyFile:
     def open(self, offset: int) -> None:
         """Create the file if missing (not its directory) and truncate it to ``offset``."""
         self.close()
-        existed = self.path.exists()
-        try:
-            file = open(self.path, "a+b", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise FormatError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        existed = os.path.lexists(self.path)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+        file = os.fdopen(open_fd(self.path, self.root, flags), "r+b", buffering=0)
         try:
             size = os.fstat(file.fileno()).st_size
             if offset < 0 or offset > size:

@@ -2,13 +2,16 @@
 
 The stdlib ``csv`` module parses and quotes, but it works on text; the file is read as
 bytes through a line iterator that counts what it hands over, so a row's end offset is
-exact even when quoted fields hold newlines or non-ASCII text.
+exact even when quoted fields hold newlines or non-ASCII text. The iterator also caps a
+row's length: past ``max_line_bytes`` it reads on to the end of the physical line in
+bounded pieces, the row is reported as too long and parsing starts afresh after it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import pathlib
 from collections.abc import Iterator
 from typing import IO, Any
@@ -16,25 +19,49 @@ from typing import IO, Any
 import orjson
 
 from planchet.exceptions import BadRequest, FormatError
-from planchet.formats.base import START, Chunk, Position, Reader, Writer, check_offset
+from planchet.formats.base import (
+    MAX_LINE_BYTES,
+    START,
+    Chunk,
+    Position,
+    Reader,
+    Writer,
+    check_offset,
+    skip_line,
+)
+
+
+class RowTooLong(Exception):
+    """Raised through ``csv.reader`` when a row outgrows the cap; its bytes are read past."""
 
 
 class _Lines:
     """Binary lines decoded for ``csv.reader``, with a byte count and a bad-UTF-8 flag."""
 
-    def __init__(self, file: IO[bytes], consumed: int = 0) -> None:
+    def __init__(self, file: IO[bytes], consumed: int = 0, cap: int = MAX_LINE_BYTES) -> None:
         self.file = file
         self.consumed = consumed
+        self.cap = cap
         self.bad_utf8 = False
+        self.row_bytes = 0
+
+    def start_row(self) -> None:
+        self.bad_utf8 = False
+        self.row_bytes = 0
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def __next__(self) -> str:
-        line = self.file.readline()
+        line = self.file.readline(max(1, self.cap + 1 - self.row_bytes))
         if not line:
             raise StopIteration
         self.consumed += len(line)
+        self.row_bytes += len(line)
+        if self.row_bytes - line.endswith(b"\n") > self.cap:  # the newline is not counted
+            if not line.endswith(b"\n"):
+                self.consumed += skip_line(self.file)
+            raise RowTooLong(f"row longer than {self.cap} bytes")
         try:
             return line.decode("utf-8")
         except UnicodeDecodeError:
@@ -54,7 +81,7 @@ def _read_header(lines: _Lines, delimiter: str, path: pathlib.Path) -> list[str]
     """The first row names the columns; without a sane one nothing can be read."""
     try:
         header = next(csv.reader(lines, delimiter=delimiter), None)
-    except (csv.Error, OSError) as exc:
+    except (csv.Error, OSError, RowTooLong) as exc:
         raise FormatError(f"cannot read the header of {path}: {exc}") from exc
     if not header or lines.bad_utf8:
         raise FormatError(f"{path} has no valid header row")
@@ -67,8 +94,15 @@ def _read_header(lines: _Lines, delimiter: str, path: pathlib.Path) -> list[str]
 class CsvReader(Reader):
     """Reads rows as dicts; ``Position(0, 0)`` means the first row after the header."""
 
-    def __init__(self, path: pathlib.Path, metadata: dict) -> None:
-        super().__init__(path, metadata)
+    def __init__(
+        self,
+        path: pathlib.Path,
+        metadata: dict,
+        *,
+        root: pathlib.Path | None = None,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
+        super().__init__(path, metadata, root=root, max_line_bytes=max_line_bytes)
         self._delimiter = _delimiter(self.metadata)
         self._header: list[str] = []
         self._lines: _Lines | None = None
@@ -77,7 +111,7 @@ class CsvReader(Reader):
     def open(self, position: Position = START) -> None:
         file = self._open_at(0)
         try:
-            lines = _Lines(file)
+            lines = _Lines(file, cap=self.max_line_bytes)
             self._header = _read_header(lines, self._delimiter, self.path)
             offset = position.offset or lines.consumed
             if offset < lines.consumed:
@@ -87,7 +121,7 @@ class CsvReader(Reader):
         except BaseException:
             self.close()
             raise
-        self._lines = _Lines(file, offset)
+        self._lines = _Lines(file, offset, self.max_line_bytes)
         self._rows = csv.reader(self._lines, delimiter=self._delimiter)
         self._next_id, self._offset = position.next_id, offset
 
@@ -102,13 +136,16 @@ class CsvReader(Reader):
         errors: list[tuple[int, str]] = []
         while len(items) < n and len(errors) < self.max_errors:
             before = self._lines.consumed
-            self._lines.bad_utf8 = False
+            self._lines.start_row()
             try:
                 row: list[str] | str = next(self._rows)
             except StopIteration:
                 break
             except csv.Error as exc:
                 row = f"malformed CSV: {exc}"
+            except RowTooLong as exc:
+                row = str(exc)
+                self._rows = csv.reader(self._lines, delimiter=self._delimiter)
             except OSError as exc:
                 raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
             if self._lines.consumed == before:
@@ -148,8 +185,10 @@ def _cell(name: str, value: Any) -> str:
 class CsvWriter(Writer):
     """Writes ``id`` plus the first dict's keys as the header, once per file."""
 
-    def __init__(self, path: pathlib.Path, metadata: dict) -> None:
-        super().__init__(path, metadata)
+    def __init__(
+        self, path: pathlib.Path, metadata: dict, *, root: pathlib.Path | None = None
+    ) -> None:
+        super().__init__(path, metadata, root=root)
         self._delimiter = _delimiter(self.metadata)
         self._fields: list[str] | None = None
         self._header_written = False
@@ -177,8 +216,10 @@ class CsvWriter(Writer):
             self._header_written = True
 
     def _header_on_disk(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as file:
+        assert self._file is not None
+        try:  # through the open file: the path may have changed since
+            with os.fdopen(os.dup(self._file.fileno()), "rb") as file:
+                file.seek(0)
                 lines = _Lines(file)
                 header = _read_header(lines, self._delimiter, self.path)
         except OSError as exc:

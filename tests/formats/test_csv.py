@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,73 @@ def test_rows_the_csv_parser_rejects_are_errors(tmp_path: Path) -> None:
     assert chunk.items == [(1, {"a": "2", "b": "3"})]
     assert chunk.errors[0][0] == 0 and chunk.errors[0][1].startswith("malformed CSV: ")
     assert chunk.position == Position(2, path.stat().st_size)
+
+
+def test_a_row_over_the_cap_is_an_error_and_read_past(tmp_path: Path) -> None:
+    """A row longer than max_line_bytes is an error for its id; parsing restarts after it."""
+    path = tmp_path / "in.csv"
+    rows = [b"a,b\n", b"1,2\n", b"x" * 300_000 + b",y\n", b'"multi\nline' + b"z" * 30 + b'",q\n',
+            b"3,4\n", b"5" * 30]
+    path.write_bytes(b"".join(rows))
+    reader = CsvReader(path, {}, max_line_bytes=20)
+    reader.open()
+    chunk = reader.read(100)
+    reason = "row longer than 20 bytes"
+    assert chunk.items == [(0, {"a": "1", "b": "2"}), (3, {"a": "3", "b": "4"})]
+    assert chunk.errors == [(1, reason), (2, reason), (4, reason)]
+    assert chunk.position.offset == path.stat().st_size
+    reader.close()
+
+    after = len(b"".join(rows[:3]))  # resume right after the long row
+    resumed = CsvReader(path, {}, max_line_bytes=20)
+    resumed.open(Position(2, after))
+    assert resumed.read(100).errors[0] == (2, reason)
+    resumed.close()
+
+
+def test_a_row_exactly_at_the_cap_is_fine(tmp_path: Path) -> None:
+    """The cap counts a row's bytes without its final newline, quoted newlines included."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'a,b\n' + b"1" * 8 + b"," + b"2" * 11 + b'\n"x\n' + b"y" * 14 + b'",z\n')
+    reader = CsvReader(path, {}, max_line_bytes=20)
+    reader.open()
+    chunk = reader.read(10)
+    assert chunk.items == [(0, {"a": "1" * 8, "b": "2" * 11}), (1, {"a": "x\n" + "y" * 14,
+                                                                    "b": "z"})]
+    assert chunk.errors == []
+    reader.close()
+    one_less = CsvReader(path, {}, max_line_bytes=19)
+    one_less.open()
+    assert one_less.read(10).errors == [(0, "row longer than 19 bytes"),
+                                        (1, "row longer than 19 bytes")]
+    one_less.close()
+
+
+def test_a_header_over_the_cap_is_a_format_error(tmp_path: Path) -> None:
+    """Without a header nothing can be read, so a huge one stops the job plainly."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"a" * 100 + b",b\n1,2\n")
+    with pytest.raises(FormatError, match=r"header.*longer than 20 bytes"):
+        CsvReader(path, {}, max_line_bytes=20).open()
+
+
+def test_an_endless_row_is_read_past_in_bounded_memory(tmp_path: Path) -> None:
+    """A 64 MB row without a newline never makes the reader hold more than its cap."""
+    path = tmp_path / "in.csv"
+    with path.open("wb") as file:
+        file.write(b"a\n")
+        file.truncate(64 * 2**20)
+        file.seek(0, os.SEEK_END)
+        file.write(b"\n7\n")
+    reader = CsvReader(path, {}, max_line_bytes=2**16)
+    reader.open()
+    tracemalloc.start()
+    try:
+        chunk = reader.read(10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        reader.close()
+    assert chunk == Chunk([(1, {"a": "7"})], [(0, "row longer than 65536 bytes")],
+                          Position(2, path.stat().st_size))
+    assert peak < 4 * 2**20

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import orjson
 import pytest
 
+from planchet import strictjson
 from planchet.exceptions import FormatError
 from planchet.formats import Chunk, JsonlReader, JsonlWriter, Position
+from planchet.messages import Batch, decode_server, encode
 
 SHARED = Path(
     os.environ.get(
@@ -227,3 +230,95 @@ def test_writer_creates_the_file_but_not_its_directory(tmp_path: Path) -> None:
     assert (tmp_path / "new.jsonl").read_bytes() == b""
     with pytest.raises(FormatError, match="not open"):
         writer.write([(0, 1)])
+
+
+def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path: Path) -> None:
+    """A UTF-8 BOM costs no line; offsets still count its three bytes."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\xef\xbb\xbf{"b": 2}\n{"c": 3}\n')
+    chunk = open_reader(path).read(10)
+    assert chunk.items == [(0, {"a": 1}), (2, {"c": 3})]
+    assert [e for e, _ in chunk.errors] == [1]  # a BOM later on is no BOM but bad JSON
+    assert chunk.position == Position(3, path.stat().st_size)
+    resumed = open_reader(path, Position(1, 12)).read(10)
+    assert resumed.items == [(2, {"c": 3})] and [e for e, _ in resumed.errors] == [1]
+
+
+def test_integers_outside_64_bits_are_errors_not_floats(tmp_path: Path) -> None:
+    """An integer orjson would turn into a float goes to the error file, with the reason."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'18446744073709551616\n{"n": -9223372036854775809}\n18446744073709551615\n'
+                     b'"18446744073709551616"\n')
+    chunk = open_reader(path).read(10)
+    assert chunk.items == [(2, 2**64 - 1), (3, "18446744073709551616")]
+    assert [e for e, _ in chunk.errors] == [0, 1]
+    assert all("integer outside the 64-bit range" in reason for _, reason in chunk.errors)
+
+
+def test_items_nested_too_deep_to_send_are_errors(tmp_path: Path) -> None:
+    """A line that could not be encoded into a batch frame is an error, not a later crash."""
+    deepest = strictjson.ITEM_MAX_DEPTH
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"[" * deepest + b"]" * deepest + b"\n"
+                     + b"[" * (deepest + 1) + b"]" * (deepest + 1) + b"\n"
+                     + b"[" * 1024 + b"]" * 1024 + b"\n")
+    chunk = open_reader(path).read(10)
+    assert [i for i, _ in chunk.items] == [0]
+    assert chunk.errors == [(1, f"nested deeper than {deepest} levels"),
+                            (2, f"nested deeper than {deepest} levels")]
+    batch = Batch(job="j", lease="l", items=chunk.items, lease_timeout=1.0)
+    assert decode_server(encode(batch)) == batch
+    writer = JsonlWriter(tmp_path / "out.jsonl", {})
+    writer.open(0)
+    assert writer.write(chunk.items)[1] == []
+    writer.close()
+
+
+def line_ends(raw: bytes) -> list[int]:
+    return [i + 1 for i, byte in enumerate(raw) if byte == ord("\n")]
+
+
+def test_a_line_over_the_cap_is_an_error_and_read_past(tmp_path: Path) -> None:
+    """A line longer than max_line_bytes is an error for its id; the next line reads fine."""
+    path = tmp_path / "in.jsonl"
+    lines = [b'"' + b"x" * 8 + b'"', b'"' + b"x" * 9 + b'"', b"1" * 500_000, b"[2]", b"3" * 11]
+    raw = b"\n".join(lines)  # the last line has no newline
+    path.write_bytes(raw)
+    reader = JsonlReader(path, {}, max_line_bytes=10)
+    reader.open()
+    first = reader.read(1)
+    assert first.items == [(0, "x" * 8)] and first.errors == []
+    second = reader.read(1)
+    assert second.items == [(3, [2])]
+    assert second.errors == [(1, "line longer than 10 bytes"), (2, "line longer than 10 bytes")]
+    assert second.position == Position(4, line_ends(raw)[3])
+    last = reader.read(1)
+    assert last == Chunk([], [(4, "line longer than 10 bytes")], Position(5, len(raw)))
+    reader.close()
+
+    resumed = JsonlReader(path, {}, max_line_bytes=10)
+    resumed.open(Position(2, line_ends(raw)[1]))
+    chunk = resumed.read(1)
+    assert chunk.items == [(3, [2])] and [e for e, _ in chunk.errors] == [2]
+    resumed.close()
+
+
+def test_an_endless_line_is_read_past_in_bounded_memory(tmp_path: Path) -> None:
+    """A 64 MB file without a newline never makes the reader hold more than its cap."""
+    path = tmp_path / "in.jsonl"
+    with path.open("wb") as file:
+        file.truncate(64 * 2**20)  # sparse: zeros, no newline
+        file.seek(0, os.SEEK_END)
+        file.write(b"\n7\n")
+    reader = JsonlReader(path, {}, max_line_bytes=2**16)
+    reader.open()
+    tracemalloc.start()
+    try:
+        chunk = reader.read(10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        reader.close()
+    assert chunk == Chunk([(1, 7)], [(0, "line longer than 65536 bytes")],
+                          Position(2, path.stat().st_size))
+    assert peak < 4 * 2**20

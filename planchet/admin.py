@@ -1,0 +1,228 @@
+"""Job administration: the server's jobs, and creating, resuming, cleaning, deleting them.
+
+``Admin`` owns the registry of jobs and the one lock that orders every change to it.
+It decides nothing about tokens (``auth`` does, before a request gets here) and knows
+nothing of sessions: a job tells its own watchers about events. It also keeps the jobs
+healthy: ``maintain`` expires the leases of hung workers and reopens jobs that a failed
+step or a Redis outage left broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .auth import Keys, digest
+from .config import Settings
+from .exceptions import JobConflict, JobNotFound, PlanchetError
+from .formats import check_regular
+from .jobs import Job
+from .messages import StartJob
+from .spec import JobSpec, build_spec
+from .state import PAUSED, RUNNING, Fault, JobState, Watcher
+from .store import Store
+
+log = logging.getLogger("planchet")
+
+RETRY_CAP = 60.0  # seconds: the longest wait before reopening a job whose step keeps failing
+
+
+class Admin:
+    def __init__(self, store: Store, settings: Settings, keys: Keys) -> None:
+        self.store = store
+        self.settings = settings
+        self.keys = keys
+        self.jobs: dict[str, Job] = {}
+        self._lock = asyncio.Lock()
+        self._retry: dict[str, tuple[int, float]] = {}  # job -> (failed reopens, next try)
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load every job from Redis (requeueing old leases); one bad job stops no other."""
+        for name in await self.store.job_names():
+            record = await self.store.load_job(name)
+            if record is None:
+                continue
+            try:
+                spec = JobSpec.model_validate_json(record.spec)
+            except ValidationError as exc:
+                log.error("job %s has a spec this server cannot read, skipped: %s", name, exc)
+                continue
+            job = self.jobs[name] = self._job(spec)
+            self.keys.jobs[name] = record.token
+            with contextlib.suppress(PlanchetError):  # it is broken, and says why
+                await job.open()
+            if job.broken:
+                log.error("job %s cannot be opened: %s", name, job.broken)
+
+    async def close(self) -> None:
+        for job in self.jobs.values():
+            await job.close()
+
+    def _job(self, spec: JobSpec) -> Job:
+        return Job(spec, self.store, root=self.settings.data_dir)
+
+    def get(self, name: str) -> Job:
+        job = self.jobs.get(name)
+        if job is None:
+            raise JobNotFound(f"no job named {name!r}")
+        return job
+
+    # --- maintenance --------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """One round: expire hung leases, reopen jobs that can be reopened."""
+        for job in list(self.jobs.values()):
+            try:
+                if job.broken and job.broken.recoverable:
+                    await self._reopen(job)
+                elif not job.broken:
+                    for owner in await job.expire():
+                        _stall(owner)
+            except PlanchetError as exc:
+                log.warning("maintenance of %s: %s", job.name, exc)
+
+    async def _reopen(self, job: Job) -> None:
+        assert job.broken is not None
+        failures, next_try = self._retry.get(job.name, (0, 0.0))
+        if time.monotonic() < next_try:
+            return
+        if job.broken.kind is Fault.STORAGE and not await self.store.ping():
+            return
+        try:
+            await job.open()
+        except PlanchetError:
+            delay = min(RETRY_CAP, self.settings.tick * 2 ** min(failures, 10))
+            self._retry[job.name] = (failures + 1, time.monotonic() + delay)
+            raise
+        self._retry.pop(job.name, None)
+        log.warning("job %s reopened from its last commit", job.name)
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def start(self, msg: StartJob) -> dict[str, Any]:
+        """Create a job, resume it (same spec), or replace it (``clean_start``)."""
+        spec = build_spec(msg, self.settings.data_dir)  # as it will be read back
+        async with self._lock:
+            job = self.jobs.get(spec.name)
+            if job is not None and not msg.clean_start:
+                return await self._resume(job, spec)
+            await self._claim_files(spec, fresh=msg.clean_start)
+            self._check_input(spec)
+            token = digest(msg.token) if msg.token else ""
+            if job is not None:  # only now: a refused clean start keeps the old job
+                token = token or self.keys.jobs.get(job.name, "")
+                await self._remove(job)
+            job = await self._create(spec, token)
+            return job.report()
+
+    async def command(self, kind: str, name: str) -> dict[str, Any]:
+        """``pause``, ``resume``, ``delete`` or ``clean`` one job; its report after."""
+        job = self.get(name)
+        async with self._lock:
+            if kind in ("pause", "resume"):
+                await job.set_state(PAUSED if kind == "pause" else RUNNING)
+                if not job.done:
+                    job.announce("paused" if kind == "pause" else "resumed")
+            elif kind == "delete":
+                await self._remove(job)
+                return {"deleted": job.name}
+            else:  # clean: start again from the top, with empty output
+                self._check_input(job.spec)
+                token = self.keys.jobs.get(name, "")
+                await self._remove(job)
+                job = await self._create(job.spec, token)
+        return job.report()
+
+    async def purge(self) -> list[str]:
+        async with self._lock:
+            names = list(self.jobs)
+            for name in names:
+                await self._remove(self.jobs[name])
+        return names
+
+    # --- helpers --------------------------------------------------------------------------
+
+    async def _resume(self, job: Job, spec: JobSpec) -> dict[str, Any]:
+        if job.spec.identity() != spec.identity():
+            old, new = job.spec.identity(), spec.identity()
+            differ = sorted(k for k in new if old[k] != new[k])
+            raise JobConflict(
+                f"job {spec.name} exists with another {', '.join(differ)}; "
+                "start it with clean_start to replace it"
+            )
+        if spec != job.spec:  # only tunables changed: batch size, lease timeout, attempts
+            await self.store.update_job(spec.name, {"spec": spec.model_dump_json()})
+            job.spec = spec
+        if job.broken and job.broken.kind is Fault.UNUSABLE:
+            await job.open()  # e.g. the input file was missing and is back
+        return job.report()
+
+    async def _claim_files(self, spec: JobSpec, fresh: bool) -> None:
+        """Refuse files another job writes or reads, and existing data unless fresh."""
+        for path in [*spec.files, spec.input_path]:
+            owner = await self.store.owner_of(path) if path else None
+            if owner and owner != spec.name:
+                raise JobConflict(f"{path} is written by job {owner}")
+        for other in self.jobs.values():
+            if other.name != spec.name and other.spec.input_path in spec.files:
+                raise JobConflict(f"{other.spec.input_path} is the input of job {other.name}")
+        for path in spec.files:
+            if not fresh and self._size(path):
+                raise JobConflict(
+                    f"{path} already has data; remove it or use clean_start to overwrite"
+                )
+
+    def _size(self, path: str) -> int:
+        """Bytes in a file the job will write; 0 if it does not exist yet."""
+        if not os.path.lexists(path):
+            return 0
+        return check_regular(Path(path), self.settings.data_dir)
+
+    def _check_input(self, spec: JobSpec) -> None:
+        if spec.input_path:
+            check_regular(Path(spec.input_path), self.settings.data_dir)
+
+    async def _create(self, spec: JobSpec, token_digest: str) -> Job:
+        fields = {"spec": spec.model_dump_json(), "token": token_digest, "state": RUNNING}
+        await self.store.create_job(spec.name, fields, spec.files)
+        job = self._job(spec)
+        try:
+            await job.open()
+        except PlanchetError:
+            await self.store.delete_job(spec.name, spec.files)
+            raise
+        self.jobs[spec.name] = job
+        self.keys.jobs[spec.name] = token_digest
+        return job
+
+    async def _remove(self, job: Job) -> None:
+        """Forget a job. If Redis fails, the job stays: reopened now, or by maintenance."""
+        await job.close()  # no step of the job can commit after this
+        try:
+            await self.store.delete_job(job.name, job.spec.files)
+        except PlanchetError:
+            with contextlib.suppress(PlanchetError):
+                await job.open()
+            raise
+        self.jobs.pop(job.name, None)
+        self.keys.jobs.pop(job.name, None)
+        self._retry.pop(job.name, None)
+        job.end("deleted")
+
+
+def _stall(owner: Watcher) -> None:
+    stall = getattr(owner, "stall", None)
+    if stall is not None:
+        stall()  # hung: feed it nothing more to expire until it speaks again
+
+
+__all__ = ["Admin", "JobState"]

@@ -1,0 +1,55 @@
+"""What a job says about itself: counts, rate and ETA, in the keys clients read.
+
+The original Planchet's keys (``served``, ``received``, ``status``) are kept beside the
+new ones, for old scripts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import PlanchetError
+from .state import DONE
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+
+def job_report(job: Job) -> dict[str, Any]:
+    c = job.counts
+    in_flight = sum(len(le.items) for le in job.leases.values())
+    rate = job.rate()
+    size = _input_size(job)
+    remaining = in_flight + job.queued
+    if c and not c["exhausted"] and c["offset"]:
+        remaining += round(c["next_id"] * max(size - c["offset"], 0) / c["offset"])
+    return {
+        "job": job.name,
+        "state": str(job.state),
+        "mode": job.spec.mode,
+        "read": c.get("next_id", 0),
+        "written": c.get("written", 0),
+        "failed": c.get("failed", 0),
+        "in_flight": in_flight,
+        "queued": job.queued,
+        "exhausted": bool(c.get("exhausted")),
+        "bytes_read": c.get("offset", 0),
+        "bytes_total": size,
+        "rate": rate,
+        "eta_seconds": remaining / rate if rate else None,
+        "error": str(job.broken) if job.broken else None,
+        # the original Planchet's report keys, for old scripts
+        "served": in_flight,
+        "received": c.get("written", 0),
+        "status": "COMPLETE" if job.state == DONE else "IN_PROGRESS",
+    }
+
+
+def _input_size(job: Job) -> int:
+    """A read-out file is closed and may be gone: its size is what was read."""
+    if job.reader and not job.counts["exhausted"]:
+        try:
+            return job.reader.size()
+        except PlanchetError:
+            pass
+    return job.counts.get("offset", 0)
