@@ -1,8 +1,9 @@
 """The ``planchet`` command: serve, and manage jobs from the shell.
 
 Every client command takes ``--url`` (default ``$PLANCHET_URL``, else
-ws://127.0.0.1:5005) and ``--token`` (default ``$PLANCHET_TOKEN``), so a shell that
-exports them can drive a server without repeating itself. Errors the server reports
+ws://127.0.0.1:5005) and ``--token-file`` (else ``$PLANCHET_TOKEN``), so a shell that
+exports them can drive a server without repeating itself. ``--token`` works too, with
+a warning: any user of the machine can read it in ``ps``. Errors the server reports
 come out as ``planchet: <code>: <message>`` on stderr with exit status 1.
 """
 
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -57,7 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.load(
         host=args.host, port=args.port, data_dir=args.data_dir, redis_url=args.redis,
-        token=args.token,
+        token=args.token, allow_origins=args.allow_origin,
+        max_connections=args.max_connections,
+        max_pending_connections=args.max_pending_connections,
     )
     asyncio.run(run(settings))
     return 0
@@ -149,6 +153,43 @@ def _work(args: argparse.Namespace) -> int:
                              per_batch=args.per_batch))
     print(f"{args.job}: done; {tally.summary()}")
     return 0
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def _resolve_secrets(args: argparse.Namespace) -> None:
+    """Fill ``args.token`` (and ``args.job_token``) from a flag, a file or the environment.
+
+    A secret on the command line can be read by every user of the machine (``ps``): it
+    still works, with a warning. ``serve`` reads ``$PLANCHET_TOKEN`` itself, in ``Settings``.
+    """
+    env = None if args.command == "serve" else os.environ.get("PLANCHET_TOKEN")
+    args.token = _secret(args.token, args.token_file, "--token", env)
+    if hasattr(args, "job_token"):
+        args.job_token = _secret(args.job_token, args.job_token_file, "--job-token", None)
+
+
+def _secret(value: str | None, path: str | None, flag: str, default: str | None) -> str | None:
+    if path is not None:
+        return read_token_file(path)
+    if value is None:
+        return default
+    instead = f"{flag}-file" + (" or PLANCHET_TOKEN" if flag == "--token" else "")
+    print(f"planchet: warning: {flag} on the command line can be read by other users of "
+          f"this machine (ps); use {instead} instead", file=sys.stderr)
+    return value
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``, without its trailing newline."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanchetError(f"cannot read the token file {path}: {exc}") from exc
+    if not token:
+        raise PlanchetError(f"the token file {path} is empty")
+    return token
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -248,9 +289,15 @@ def _client_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("PLANCHET_URL", DEFAULT_URL),
                         help="server URL (default $PLANCHET_URL or %(default)s)")
-    common.add_argument("--token", default=os.environ.get("PLANCHET_TOKEN"),
-                        help="master or job token (default $PLANCHET_TOKEN)")
+    _add_token_options(common, "master or job token (else $PLANCHET_TOKEN)")
     return common
+
+
+def _add_token_options(parser: argparse.ArgumentParser, text: str) -> None:
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", metavar="PATH",
+                        help=f"a file holding the {text}")
+    tokens.add_argument("--token", help="the token itself: visible to other users in ps")
 
 
 def _add_serve(commands: Any) -> None:
@@ -264,7 +311,18 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--redis", help="Redis URL; without one a private redis-server runs under the data dir"
     )
-    serve.add_argument("--token", help="master token for server-wide operations")
+    _add_token_options(serve, "master token, for server-wide operations "
+                              "(else $PLANCHET_TOKEN)")
+    serve.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                       help="a web origin (https://host[:port]) whose pages may connect, "
+                            "besides loopback and the server's own; repeatable; '*' for any "
+                            "(default $PLANCHET_ALLOW_ORIGIN, comma-separated)")
+    serve.add_argument("--max-connections", type=int,
+                       help="open WebSocket connections at most; past it an upgrade gets "
+                            "503 (default 1000)")
+    serve.add_argument("--max-pending-connections", type=int,
+                       help="connections that have not said hello yet, at most; the oldest "
+                            "is dropped for a new one (default 100)")
     serve.set_defaults(func=_serve)
 
 
@@ -289,7 +347,10 @@ def _add_start(commands: Any, common: argparse.ArgumentParser) -> None:
                        help="start from the top, overwriting the output")
     start.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                        help="more metadata for the reader/writer (repeatable)")
-    start.add_argument("--job-token", help="a token the job's workers will need")
+    job_token = start.add_mutually_exclusive_group()
+    job_token.add_argument("--job-token-file", metavar="PATH",
+                           help="a file holding a token the job's workers will need")
+    job_token.add_argument("--job-token", help="the job token itself: visible in ps")
     start.add_argument("--json", action="store_true", help="print the raw report")
     start.set_defaults(func=_start)
 
@@ -367,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # its DEBUG is every frame, tokens included; -v is for Planchet's own messages
+    logging.getLogger("websockets").setLevel(logging.INFO)
     try:
+        _resolve_secrets(args)
         return args.func(args)
     except PlanchetError as exc:
         print(f"planchet: {exc.code}: {exc}", file=sys.stderr)

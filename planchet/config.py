@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 5005
 PRIVATE_DIR = ".planchet"  # under the data dir: the embedded Redis; no job may write here
+
+# the variables a field is read from, first set wins; any other field: PLANCHET_<FIELD>
+ENV_NAMES = {
+    "redis_url": ("PLANCHET_REDIS", "PLANCHET_REDIS_URL"),
+    "token": ("PLANCHET_TOKEN", "PLANCHET_MASTER_TOKEN"),  # the original's name, second
+    "allow_origins": ("PLANCHET_ALLOW_ORIGIN",),  # comma-separated
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,10 @@ class Settings:
     max_message_bytes: int = 16 * 2**20
     key_prefix: str = "planchet:"
     tick: float = 1.0  # how often leases are checked for expiry, in seconds
+    # web pages (Origin headers) allowed besides loopback and the server's own; "*": any
+    allow_origins: tuple[str, ...] = ()
+    max_connections: int = 1000  # open WebSocket connections; past it an upgrade gets 503
+    max_pending_connections: int = 100  # of those, not yet past hello; the oldest give way
 
     @property
     def embedded_redis_dir(self) -> Path:
@@ -33,11 +44,8 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(f"PLANCHET_{f.name.upper()}")
-            if f.name == "redis_url":
-                raw = env.get("PLANCHET_REDIS", raw)
-            if f.name == "token":
-                raw = raw or env.get("PLANCHET_MASTER_TOKEN")  # the original's name
+            names = ENV_NAMES.get(f.name, (f"PLANCHET_{f.name.upper()}",))
+            raw = next((env[name] for name in names if env.get(name)), None)
             if raw:
                 values[f.name] = raw
         values.update({k: v for k, v in flags.items() if v is not None})
@@ -48,4 +56,13 @@ class Settings:
             data_dir=Path(settings.data_dir).resolve(),
             max_message_bytes=int(settings.max_message_bytes),
             tick=float(settings.tick),
+            allow_origins=_origins(settings.allow_origins),
+            max_connections=int(settings.max_connections),
+            max_pending_connections=int(settings.max_pending_connections),
         )
+
+
+def _origins(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A comma-separated variable, or the values of a repeated flag, as a tuple."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())

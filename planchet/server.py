@@ -3,6 +3,8 @@
 Bad frames are answered with an ``error`` frame and a close code that says why
 (1007 not JSON, 1008 not a valid message, 1009 too big, 1002 wrong protocol); the
 session's leases go back to the queue and every other connection goes on untouched.
+An upgrade must first pass the :class:`~planchet.gate.Gate` (origin, connection caps);
+``/health`` is always answered.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import http
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -22,14 +25,17 @@ from websockets.http11 import Request, Response
 from . import __version__
 from .config import Settings
 from .dispatcher import Dispatcher, Session
-from .embedded import RedisProcess
+from .embedded import RedisProcess, supervise
 from .exceptions import (
+    AuthError,
     BadFrame,
+    ConnectionLost,
     MessageTooBig,
     PlanchetError,
     ProtocolError,
     ServerError,
 )
+from .gate import Gate, peer, raise_descriptor_limit
 from .messages import (
     PROTOCOL_VERSION,
     ClientMessage,
@@ -37,12 +43,19 @@ from .messages import (
     Hello,
     Message,
     Welcome,
+    admission,
     decode_client,
     encode,
+    envelope,
 )
 from .store import Store
 
 log = logging.getLogger("planchet")
+# the websockets library logs every frame, tokens included, at DEBUG: never below INFO
+# unless someone asks for this logger by name
+wire_log = logging.getLogger("planchet.wire")
+if wire_log.level == logging.NOTSET:
+    wire_log.setLevel(logging.INFO)
 
 HELLO_TIMEOUT = 10.0
 
@@ -62,9 +75,14 @@ class PlanchetServer:
         self.settings = settings
         self.store = store
         self.dispatcher = Dispatcher(store, settings)
+        self.gate = Gate(settings)
         self.server: Server | None = None
 
     async def start(self) -> None:
+        if "*" in self.settings.allow_origins:
+            log.warning("--allow-origin '*': any web page a user of this machine visits "
+                        "can drive this server")
+        raise_descriptor_limit(self.settings.max_connections)
         await self.dispatcher.start()
         self.server = await serve(
             self._connection,
@@ -74,6 +92,7 @@ class PlanchetServer:
             max_size=2 * self.settings.max_message_bytes,  # larger frames: closed unread
             ping_interval=20,
             ping_timeout=60,
+            logger=wire_log,
         )
 
     @property
@@ -90,8 +109,9 @@ class PlanchetServer:
         await self.dispatcher.close()
 
     async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        """/health is always answered; an upgrade must pass the gate (origin, then caps)."""
         if request.path.split("?")[0] != "/health":
-            return None
+            return self.gate.admit(connection, request)
         redis_ok = await self.store.ping()
         body = {
             "status": "ok" if redis_ok else "degraded",
@@ -108,26 +128,50 @@ class PlanchetServer:
         return response
 
     async def _connection(self, ws: ServerConnection) -> None:
-        send = _sender(ws)
+        """One client from hello to close. Whatever happens, its work goes back."""
+        session: Session | None = None
+        try:
+            session = await self._greet(ws)
+            if session is not None:
+                await self._session(ws, session)
+        except Exception:  # a bug must cost this connection, and never pass unheard
+            log.exception("connection from %s failed", peer(ws))
+            if session is not None:
+                session.faulted = True  # the server's fault: the leases go back free
+            await _refuse(ws, ServerError("internal error; see the server log"), 1011)
+        finally:
+            self.gate.closed(ws)
+            if session is not None:
+                await self._disconnect(ws, session)
+
+    async def _greet(self, ws: ServerConnection) -> Session | None:
+        """The hello, then a session; None if the connection ended or was refused first."""
         try:
             hello = await self._hello(ws)
         except (ProtocolError, TimeoutError) as exc:
             await _refuse(ws, exc if isinstance(exc, ProtocolError) else ProtocolError(
-                "no hello within 10 s"))
-            return
+                f"no hello within {HELLO_TIMEOUT:g} s"))
+            return None
         except ConnectionClosed:
-            return
-        session = self.dispatcher.connect(send, hello)
+            return None
+        self.gate.greeted(ws)
+        return self.dispatcher.connect(_sender(ws), hello, close=ws.close)
+
+    async def _session(self, ws: ServerConnection, session: Session) -> None:
         try:
-            await send(Welcome(server=f"planchet {__version__}",
-                               max_message_bytes=self.settings.max_message_bytes))
+            await session.send(Welcome(server=f"planchet {__version__}",
+                                       max_message_bytes=self.settings.max_message_bytes))
             # bytes, text frames too: the limit counts bytes and orjson parses them as they are
             while await self._frame(ws, session, await ws.recv(decode=False)):
                 pass
-        except ConnectionClosed:
+        except (ConnectionClosed, ConnectionLost):
             pass
-        finally:
-            await self.dispatcher.disconnect(session)
+
+    async def _disconnect(self, ws: ServerConnection, session: Session) -> None:
+        try:
+            await self.dispatcher.disconnect(session, clean=_said_goodbye(ws))
+        except Exception:
+            log.exception("could not give back the work of %s", peer(ws))
 
     async def _hello(self, ws: ServerConnection) -> Hello:
         frame = await asyncio.wait_for(ws.recv(decode=False), HELLO_TIMEOUT)
@@ -141,18 +185,30 @@ class PlanchetServer:
         return msg
 
     def _decode(self, frame: bytes) -> ClientMessage:
+        return decode_client(self._envelope(frame))
+
+    def _envelope(self, frame: bytes) -> dict[str, Any]:
         limit = self.settings.max_message_bytes
         if len(frame) > limit:
             raise MessageTooBig(f"frame of {len(frame)} bytes exceeds the limit of {limit}")
-        return decode_client(frame)
+        return envelope(frame)
 
     async def _frame(self, ws: ServerConnection, session: Session, frame: bytes) -> bool:
-        """Handle one frame; False when the connection must close."""
+        """Handle one frame; False when the connection must close.
+
+        Cheap checks first: the size, then the envelope and the token, and only then the
+        full validation, so a stranger's big frame costs little.
+        """
         try:
-            msg = self._decode(frame)
+            data = self._envelope(frame)
+            self.dispatcher.admit(session, *admission(data))
+            msg = decode_client(data)
         except ProtocolError as exc:
             await _refuse(ws, exc)
             return False
+        except AuthError as exc:
+            await session.send(_error(exc, data))
+            return True
         try:
             reply = await self.dispatcher.handle(session, msg)
         except Exception as exc:
@@ -166,19 +222,33 @@ class PlanchetServer:
         return True
 
 
+def _error(exc: PlanchetError, data: dict[str, Any]) -> Error:
+    """An error frame for a request known only by its envelope."""
+    request_id, job = data.get("id"), data.get("job")
+    return Error(code=exc.code, message=exc.message,
+                 id=request_id if type(request_id) is int else None,
+                 job=job if isinstance(job, str) else None)
+
+
 class _WrongVersion(ProtocolError):
     code = "unsupported_protocol"
 
 
 def _sender(ws: ServerConnection) -> Callable[[Message], Awaitable[None]]:
     async def send(message: Message) -> None:
-        await ws.send(encode(message))
+        try:
+            await ws.send(encode(message))
+        except ConnectionClosed as exc:  # the dispatcher knows no sockets: say it in our terms
+            raise ConnectionLost(f"connection closed: {exc}") from exc
 
     return send
 
 
-async def _refuse(ws: ServerConnection, exc: ProtocolError) -> None:
-    code = 1002 if isinstance(exc, _WrongVersion) else close_code(exc)
+async def _refuse(ws: ServerConnection, exc: PlanchetError, code: int | None = None) -> None:
+    """An error frame, then a close with ``code`` (by default the one ``exc`` stands for)."""
+    if code is None:
+        assert isinstance(exc, ProtocolError)
+        code = 1002 if isinstance(exc, _WrongVersion) else close_code(exc)
     with contextlib.suppress(ConnectionClosed):
         await ws.send(encode(Error(code=exc.code, message=exc.message)))
         await ws.close(code, _close_reason(exc.message))
@@ -193,23 +263,25 @@ def _close_reason(message: str) -> str:
     return message.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
+def _said_goodbye(ws: ServerConnection) -> bool:
+    """The client closed the connection, first and with 1000 or 1001: a clean end."""
+    protocol = ws.protocol
+    rcvd = protocol.close_rcvd
+    return bool(protocol.close_rcvd_then_sent) and rcvd is not None and rcvd.code in (1000, 1001)
+
+
 async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None = None) -> None:
-    """Run a server until SIGINT or SIGTERM; start a private Redis if no URL is given."""
-    embedded = None
-    url = settings.redis_url
-    if not url:
-        embedded = RedisProcess(settings.embedded_redis_dir)
-        await asyncio.to_thread(embedded.start)
-        url = embedded.url
-        log.info("started a private redis-server on %s (data in %s)", url,
-                 settings.embedded_redis_dir)
-    store = Store.from_url(url, settings.key_prefix)
-    server = PlanchetServer(settings, store)
+    """Run a server until SIGINT or SIGTERM; start and supervise a private Redis if no URL."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # undone in reverse order
+        url = settings.redis_url or await _private_redis(settings, stack)
+        store = Store.from_url(url, settings.key_prefix)
+        stack.push_async_callback(store.close)
+        server = PlanchetServer(settings, store)
+        stack.push_async_callback(server.stop)
         await server.start()
         log.info("planchet %s serving on ws://%s:%d (data dir %s)", __version__,
                  settings.host, server.port, settings.data_dir)
@@ -217,8 +289,24 @@ async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None
             ready(server)
         await stopping.wait()
         log.info("stopping: requeueing work in flight")
-    finally:
-        await server.stop()
-        await store.close()
-        if embedded:
-            await asyncio.to_thread(embedded.stop)
+
+
+async def _private_redis(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
+    """Start the private redis-server, supervised until ``stack`` closes; its URL.
+
+    The URL carries the password: it is never logged, only the address is.
+    """
+    private = RedisProcess(settings.embedded_redis_dir)
+    stack.push_async_callback(asyncio.to_thread, private.stop)
+    await asyncio.to_thread(private.start)
+    log.info("started a private redis-server on %s (data in %s)", private.address,
+             private.directory)
+    supervisor = asyncio.create_task(supervise(private), name="redis supervisor")
+    stack.push_async_callback(_cancel, supervisor)
+    return private.url
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

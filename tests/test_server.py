@@ -33,6 +33,7 @@ from planchet.messages import (
     encode,
 )
 from planchet.server import PlanchetServer
+from tests.support import eventually
 
 LINES = 830
 WAIT = 20.0  # seconds: a bound on waiting for what must happen, never a threshold
@@ -98,13 +99,13 @@ async def report(ws: ClientConnection, job: str = "j") -> dict[str, Any]:
 
 
 async def until_requeued(ws: ClientConnection, count: int) -> None:
-    """Poll the job's report (up to ``WAIT`` s) until ``count`` items wait in the queue."""
-    for _ in range(int(WAIT / 0.02)):
+    """Wait (up to ``WAIT`` s) until the leases are back: ``count`` queued, none in flight."""
+
+    async def requeued() -> bool:
         state = await report(ws)
-        if state["in_flight"] == 0 and state["queued"] == count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"the leases never came back: {state}")
+        return state["in_flight"] == 0 and state["queued"] == count
+
+    await eventually(requeued, f"{count} items back in the queue", WAIT)
 
 
 def http_get(url: str) -> tuple[int, dict[str, Any]]:
