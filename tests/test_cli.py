@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from planchet.cli import format_table, human_duration, parse_args
+from planchet.cli import parse_args
 from planchet.config import Settings
+from planchet.display import format_table, human_duration
 from planchet.embedded import free_port, redis_pids
 from tests.support import REPO, ServeProcess, clean_env, health, run, wait_until
 
