@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from . import strictjson
-from .exceptions import BadFrame, ProtocolError
+from .exceptions import BadFrame, BadRequest, ProtocolError
 
 PROTOCOL_VERSION = 1
 
@@ -183,7 +183,13 @@ _server_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 
 def encode(message: Message) -> bytes:
-    return orjson.dumps(message.model_dump())
+    """The frame for ``message``. NaN and infinities become ``null``, as JavaScript's
+    ``JSON.stringify`` writes them; a value JSON cannot carry at all raises BadRequest."""
+    try:
+        return orjson.dumps(message.model_dump())
+    except orjson.JSONEncodeError as exc:
+        raise BadRequest(f"{message.__class__.__name__.lower()} cannot be sent as JSON: {exc}"
+                         ) from None
 
 
 def _parse(frame: bytes | str) -> Any:
