@@ -1,7 +1,5 @@
 """Planchet: dispatch the items of a large file to many workers, nothing lost or written twice."""
 
-__version__ = "1.0.0"
-
 from .aclient import AsyncPlanchetClient, WorkBatch
 from .client import PlanchetClient
 from .exceptions import (
@@ -14,6 +12,7 @@ from .exceptions import (
     PlanchetError,
     ProtocolError,
 )
+from .version import __version__
 
 __all__ = [
     "AsyncPlanchetClient",

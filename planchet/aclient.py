@@ -4,54 +4,41 @@
         async for batch in client.batches("my-job", prefetch=2):
             await batch.ack([(i, work(item)) for i, item in batch.items])
 
-One reader task files every incoming frame: replies by request id, acks by lease,
-batches into the queue of their job. When the connection drops it reconnects with
-backoff and sends its credit again; requests in progress are sent again, and results
-for leases of the old connection come back as ``dropped`` (the server requeued them).
+One reader task files every incoming frame into a ``ClientSession`` and wakes whoever
+waits. When the connection drops it reconnects with backoff; the session then sends the
+credit of every job being consumed and every pending request again, and answers results
+for leases of the old connection as ``dropped`` (the server requeued them). Senders
+never retry by themselves: a send on a dead connection leaves the message pending for
+the reconnect, so nothing spins and nothing waits for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from .client import DEFAULT_URL, backoff_delays, hello_message, websocket_url
-from .exceptions import (
-    ConnectionLost,
-    JobNotFound,
-    ProtocolError,
-    Unavailable,
-    error_from_code,
-)
+from .client import DEFAULT_URL, FAILURES, close_code, refusal, retry_after, websocket_url
+from .exceptions import ConnectionLost, PlanchetError, Unavailable
 from .messages import (
     Ack,
     Batch,
     Credit,
-    Error,
-    Event,
     Item,
     ItemError,
     JobCommand,
-    Message,
-    Reply,
     Result,
     ServerCommand,
     StartJob,
-    Welcome,
-    decode_server,
     encode,
 )
+from .session import ClientSession, dropped
 
-_DONE = object()
+HELLO_TIMEOUT = 30.0
 
 
 @dataclass
@@ -73,161 +60,168 @@ class AsyncPlanchetClient:
                  retries: int = 8) -> None:
         self.url = websocket_url(url)
         self.token = token
-        self.retries = retries
+        self.retries = retries  # failed connection attempts in a row before ConnectionLost
+        self._session = ClientSession(token)
         self._ws: ClientConnection | None = None
-        self._ids = itertools.count(1)
-        self._replies: dict[int, asyncio.Future[Message]] = {}  # by request id
-        # acks by job, in the order the results were sent: the server answers in order
-        self._acks: dict[str, collections.deque[asyncio.Future[Message]]] = (
-            collections.defaultdict(collections.deque))
-        self._queues: dict[str, asyncio.Queue[Any]] = collections.defaultdict(asyncio.Queue)
-        self._credits: dict[str, Credit] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+        self._sending = asyncio.Lock()  # frames leave in the order the session queued them
+        self._opening = asyncio.Lock()
+        self._changed = asyncio.Event()  # replaced each time it is set: a broadcast
         self._closing = False
 
     async def __aenter__(self) -> AsyncPlanchetClient:
         await self.connect()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        await self.close(*close_code(exc_type))
 
     async def connect(self) -> None:
-        await self._open()
-        self._reader = asyncio.create_task(self._read_forever(), name="planchet reader")
+        """Open the connection (with backoff) and start the reader."""
+        async with self._opening:
+            if self._reader is not None and not self._reader.done():
+                return
+            self._closing = False
+            await self._open()
+            self._reader = asyncio.create_task(self._read_forever(), name="planchet reader")
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` (1000: the server requeues what we held, uncharged)."""
         self._closing = True
         if self._reader:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._ws:
-            await self._ws.close()
-        self._fail_pending(ConnectionLost("client closed"))
+            await asyncio.wait([self._reader])  # its own end, whatever it was, is not ours
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(*FAILURES):
+                await ws.close(code, reason)
+        self._session.disconnected()
+        self._session.fail(ConnectionLost("client closed"))
+        self._notify()
+
+    # --- the connection ---------------------------------------------------------------
 
     async def _open(self) -> None:
         last: Exception | None = None
-        for delay in backoff_delays(self.retries):
+        hint = 0.0
+        while (delay := self._session.next_delay(self.retries, hint)) is not None:
             await asyncio.sleep(delay)
             try:
-                ws = await connect(self.url, max_size=None, open_timeout=10)
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
-                last = exc
+                ws = await self._handshake()
+            except FAILURES as exc:
+                if (final := refusal(self.url, exc)) is not None:
+                    raise final from exc
+                last, hint = exc, retry_after(exc)
                 continue
-            await ws.send(encode(hello_message(self.token)))
-            reply = decode_server(await ws.recv())
-            if isinstance(reply, Error):
-                raise error_from_code(reply.code, reply.message)
-            if not isinstance(reply, Welcome):
-                raise ProtocolError(f"expected welcome, got {reply.type!r}")
             self._ws = ws
-            for credit in self._credits.values():  # the new connection holds nothing yet
-                await ws.send(encode(credit))
-            self._connected.set()
+            await self._flush()  # the credits and requests the session queued on welcome
             return
-        raise ConnectionLost(f"cannot reach {self.url}: {last}")
+        raise ConnectionLost(f"cannot reach {self.url}: {last}") from last
+
+    async def _handshake(self) -> ClientConnection:
+        ws = await connect(self.url, max_size=None, open_timeout=10, close_timeout=2)
+        try:
+            await ws.send(encode(self._session.hello()))
+            self._session.welcome(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
 
     async def _read_forever(self) -> None:
-        while True:
-            try:
-                assert self._ws is not None
-                async for frame in self._ws:
-                    self._file(decode_server(frame))
-            except ConnectionClosed:
-                pass
-            if self._closing:
-                return
-            self._connected.clear()
-            self._fail_pending(_Reconnected())
-            try:
+        """File frames; reconnect when the connection drops; fail the waiters at the end."""
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                with contextlib.suppress(*FAILURES):
+                    async for frame in ws:
+                        self._session.receive(frame)
+                        self._notify()
+                self._ws = None
+                self._session.disconnected()
+                self._notify()
                 await self._open()
-            except ConnectionLost as exc:
-                self._fail_pending(exc)
-                for queue in self._queues.values():
-                    queue.put_nowait(exc)
+        except PlanchetError as exc:  # no connection to be had, or a final refusal
+            self._session.fail(exc)
+        except Exception as exc:  # a bug must not leave the waiters waiting for ever
+            self._session.fail(ConnectionLost(f"client reader failed: {exc!r}"))
+            raise
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self._changed.wait()
+
+    async def _flush(self) -> None:
+        """Send what the session queued. On a dead connection, stop: the reader sees the
+        drop, and the session queues everything still pending on the next connection."""
+        async with self._sending:
+            ws = self._ws
+            messages = self._session.take_outbox()
+            if ws is None:
                 return
+            for message in messages:
+                try:
+                    await ws.send(encode(message))
+                except FAILURES:
+                    return
 
-    def _file(self, msg: Message) -> None:
-        match msg:
-            case Batch():
-                self._queues[msg.job].put_nowait(
-                    WorkBatch(self, msg.job, msg.lease, msg.items, msg.lease_timeout))
-            case Event(event="done"):
-                self._queues[msg.job].put_nowait(_DONE)
-            case Event(event="deleted"):
-                self._queues[msg.job].put_nowait(JobNotFound(f"job {msg.job} was deleted"))
-            case Reply() | Error() if msg.id is not None:
-                _resolve(self._replies.pop(msg.id, None), msg)
-            case Ack() | Error() if msg.job and self._acks[msg.job]:
-                _resolve(self._acks[msg.job].popleft(), msg)  # the oldest result's answer
-            case Error() if msg.job:  # a refused credit: the job's consumer hears of it
-                self._queues[msg.job].put_nowait(error_from_code(msg.code, msg.message))
+    async def _ensure_open(self) -> None:
+        if self._closing:
+            raise ConnectionLost("client closed")
+        if self._reader is None or self._reader.done():
+            await self.connect()
 
-    def _fail_pending(self, exc: Exception) -> None:
-        waiting = [*self._replies.values(), *(f for q in self._acks.values() for f in q)]
-        self._replies.clear()
-        self._acks.clear()
-        for future in waiting:
-            if not future.done():
-                future.set_exception(exc)
+    async def _wait(self, key: int) -> Any:
+        """Send what is queued and wait for the answer filed under ``key``."""
+        try:
+            await self._flush()
+            await self._until(lambda: self._session.has_answer(key))
+        except BaseException:
+            self._session.abandon(key)
+            raise
+        return self._session.answer(key)
 
-    async def _exchange(self, message: Message,
-                        register: Callable[[asyncio.Future[Message]], None]) -> Message:
-        """Send, and wait for the answer ``register`` files the future under; after a
-        reconnect, send again."""
-        while True:
-            await self._connected.wait()
-            future = asyncio.get_running_loop().create_future()
-            register(future)
-            try:
-                assert self._ws is not None
-                await self._ws.send(encode(message))
-                reply = await future
-            except (_Reconnected, ConnectionClosed):
-                continue
-            if isinstance(reply, Error):
-                raise error_from_code(reply.code, reply.message)
-            return reply
-
-    async def _request(self, message: Message) -> Any:
-        request_id: int = message.id  # type: ignore[attr-defined]
-        reply = await self._exchange(message, partial(self._replies.__setitem__, request_id))
-        return reply.data  # type: ignore[attr-defined]
+    async def _request(self, message: Any) -> Any:
+        await self._ensure_open()
+        reply = await self._wait(self._session.request(message))
+        return reply.data
 
     # --- work -------------------------------------------------------------------------
 
     async def batches(self, job: str, prefetch: int = 2, batch_size: int | None = None,
                       token: str | None = None) -> AsyncIterator[WorkBatch]:
         """Batches of ``job`` as the server pushes them, until the job is done."""
-        credit = Credit(job=job, batches=prefetch, batch_size=batch_size,
-                        token=token or self.token)
-        self._credits[job] = credit
-        await self._connected.wait()
-        assert self._ws is not None
-        await self._ws.send(encode(credit))
-        queue = self._queues[job]
+        await self._ensure_open()
+        self._session.credit(Credit(job=job, batches=prefetch, batch_size=batch_size,
+                                    token=token or self.token))
         try:
+            await self._flush()
             while True:
-                got = await queue.get()
-                if got is _DONE:
+                await self._until(lambda: self._session.has_batch(job))
+                got = self._session.take_batch(job)  # a deleted job or refused credit raises
+                if not isinstance(got, Batch):
                     return
-                if isinstance(got, Exception):
-                    raise got
-                yield got
+                yield WorkBatch(self, got.job, got.lease, got.items, got.lease_timeout)
         finally:
-            self._credits.pop(job, None)
+            self._session.uncredit(job)
 
     async def send_results(self, job: str, lease: str | None, results: list[Item],
                            errors: list[ItemError] | None = None,
                            token: str | None = None) -> Ack:
         message = Result(job=job, lease=lease, items=results, errors=errors or [],
                          token=token or self.token)
+        await self._ensure_open()
         try:
-            return await self._exchange(message, self._acks[job].append)  # type: ignore[return-value]
+            return await self._wait(self._session.result(message))
         except Unavailable:  # not taken: the items are requeued when the job reloads
-            return Ack(job=job, lease=lease, dropped=len(results) + len(errors or []))
+            return dropped(message)
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -236,7 +230,7 @@ class AsyncPlanchetClient:
                         clean_start: bool = False, token: str | None = None,
                         mode: str = "read-write", **options: Any) -> dict[str, Any]:
         return await self._request(StartJob(
-            id=next(self._ids), job=job_name, reader=reader_name, writer=writer_name,
+            id=self._session.next_id(), job=job_name, reader=reader_name, writer=writer_name,
             metadata=metadata, mode=mode, clean_start=clean_start,  # type: ignore[arg-type]
             token=token or self.token, **options))
 
@@ -253,18 +247,9 @@ class AsyncPlanchetClient:
         return await self._command("delete", job, token)
 
     async def jobs(self, token: str | None = None) -> list[dict[str, Any]]:
-        return await self._request(ServerCommand(type="jobs", id=next(self._ids),
+        return await self._request(ServerCommand(type="jobs", id=self._session.next_id(),
                                                  token=token or self.token))
 
     async def _command(self, op: str, job: str, token: str | None) -> Any:
-        return await self._request(JobCommand(type=op, id=next(self._ids), job=job,  # type: ignore[arg-type]
+        return await self._request(JobCommand(type=op, id=self._session.next_id(), job=job,  # type: ignore[arg-type]
                                               token=token or self.token))
-
-
-def _resolve(future: asyncio.Future[Message] | None, msg: Message) -> None:
-    if future is not None and not future.done():
-        future.set_result(msg)
-
-
-class _Reconnected(Exception):
-    """The connection dropped while waiting; the request is sent again."""

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .client import DEFAULT_URL, PlanchetClient
 from .config import DEFAULT_PORT, Settings
 from .display import format_report, format_table
 from .exceptions import PlanchetError
+from .version import __version__
 
 WORK_HELP = """\
 Run a worker that pipes each batch through COMMAND as JSON lines, so a worker can

@@ -4,56 +4,51 @@
 ``get``/``send`` until ``get`` returns ``[]``) but errors raise a ``PlanchetError``
 instead of returning ``None``, and a dropped connection is re-opened with backoff.
 Items a worker held when its connection dropped were requeued by the server; their
-results sent later are dropped there (and counted in the return value), never written
-twice.
+results sent later are answered as dropped (and counted in the return value), never
+written twice. The protocol state lives in a ``ClientSession`` (``session.py``), shared
+with the asyncio client; this module moves frames between it and a blocking socket.
+Nothing from ``websockets`` or ``OSError`` reaches the caller: connection trouble is
+retried with backoff, then raised as ``ConnectionLost`` (or ``AuthError`` for a 401 or
+403 refusal).
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
+import contextlib
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import orjson
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from . import __version__
 from .exceptions import (
+    AuthError,
     ConnectionLost,
-    JobNotFound,
     PlanchetError,
     ProtocolError,
     Unavailable,
-    error_from_code,
 )
 from .messages import (
-    PROTOCOL_VERSION,
-    Ack,
     Batch,
     Credit,
-    Error,
-    Event,
-    Hello,
     ItemError,
     JobCommand,
     Message,
-    Reply,
     Result,
     ServerCommand,
-    ServerMessage,
     StartJob,
-    Welcome,
-    decode_server,
     encode,
 )
+from .session import ClientSession, dropped
 
 DEFAULT_URL = "ws://127.0.0.1:5005"
 T = TypeVar("T")
+FAILURES = (OSError, TimeoutError, WebSocketException)  # what a connection attempt may raise
 
 
 def websocket_url(url: str) -> str:
@@ -65,25 +60,47 @@ def websocket_url(url: str) -> str:
     return url if "://" in url else "ws://" + url
 
 
-def backoff_delays(retries: int, base: float = 0.25, cap: float = 5.0) -> Iterator[float]:
-    """0, base, 2*base, ... capped: how long to wait before each connection attempt."""
-    yield 0.0
-    for n in range(retries):
-        yield min(cap, base * 2**n)
+def refusal(url: str, exc: Exception) -> PlanchetError | None:
+    """The error to raise for a failed connection attempt; None if it is worth retrying.
+
+    Network errors, an EOF or garbage during the handshake, a close before the welcome,
+    429 and 5xx (the server is restarting or overloaded) are retried; 401 and 403 (a
+    refused origin or credentials) and any other status are final.
+    """
+    if isinstance(exc, InvalidURI):
+        return ConnectionLost(f"invalid URL {url!r}: {exc}")
+    if not isinstance(exc, InvalidStatus):
+        return None
+    status = exc.response.status_code
+    if status == 429 or status >= 500:
+        return None
+    body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
+    text = f"{url} refused the connection: HTTP {status}{': ' + body if body else ''}"
+    return AuthError(text) if status in (401, 403) else ConnectionLost(text)
 
 
-def group_by_lease(
-    ids: Iterable[int], leases: dict[int, str]
-) -> dict[str | None, list[int]]:
-    """Which lease each id came in (``None`` for ids never leased to this client)."""
-    groups: dict[str | None, list[int]] = collections.defaultdict(list)
-    for i in ids:
-        groups[leases.get(i)].append(i)
-    return groups
+def retry_after(exc: Exception) -> float:
+    """The seconds a 429 or 503 response asks the client to wait (0 if it does not say)."""
+    if not isinstance(exc, InvalidStatus):
+        return 0.0
+    try:
+        return max(0.0, float(exc.response.headers.get("Retry-After", 0)))
+    except ValueError:  # an HTTP date: the backoff will do
+        return 0.0
 
 
-def hello_message(token: str | None) -> Hello:
-    return Hello(protocol=PROTOCOL_VERSION, token=token, client=f"planchet-python {__version__}")
+def close_code(exc_type: type[BaseException] | None) -> tuple[int, str]:
+    """How a ``with`` block's end closes the connection.
+
+    1000 for a normal end and 1001 for a stop (Ctrl-C, exit, cancel): the server
+    requeues the leases without charging an attempt. 1011 when the worker's code
+    raised: the server charges the attempt, so a poison item reaches the error file.
+    """
+    if exc_type is None:
+        return 1000, ""
+    if not issubclass(exc_type, Exception):
+        return 1001, "worker stopped"
+    return 1011, f"worker failed: {exc_type.__name__}"[:123]
 
 
 class PlanchetClient:
@@ -99,114 +116,91 @@ class PlanchetClient:
     ) -> None:
         self.url = websocket_url(url)
         self.token = token
-        self.retries = retries
+        self.retries = retries  # failed connection attempts in a row before ConnectionLost
         self.timeout = timeout  # seconds to wait for any one reply; None waits for ever
         self._ws: ClientConnection | None = None
-        self._ids = itertools.count(1)
-        self._reset()
-
-    def _reset(self) -> None:
-        """Forget per-connection state: the server requeued this connection's leases."""
-        self._batches: dict[str, collections.deque[Batch]] = collections.defaultdict(
-            collections.deque)
-        self._leases: dict[str, dict[int, str]] = collections.defaultdict(dict)  # job->id->lease
-        self._credit: dict[str, tuple[int, int]] = {}
-        self._done: set[str] = set()
-        self._deleted: set[str] = set()
-        self._inbox: dict[Any, Message] = {}
+        self._session = ClientSession(token)
+        # which lease each item came in, across reconnects: a result for the lease of
+        # an old connection is then answered as dropped, not sent as never leased
+        self._leases: dict[str, dict[int, list[str]]] = collections.defaultdict(dict)
 
     # --- connection ---------------------------------------------------------------------
 
     def _connection(self) -> ClientConnection:
-        if self._ws is not None:
-            return self._ws
+        if self._ws is None:
+            self._ws = self._open()
+        return self._ws
+
+    def _open(self) -> ClientConnection:
         last: Exception | None = None
-        for delay in backoff_delays(self.retries):
+        hint = 0.0
+        while (delay := self._session.next_delay(self.retries, hint)) is not None:
             time.sleep(delay)
             try:
-                ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2,
-                             legacy=True)
-            except (OSError, TimeoutError, ConnectionClosed) as exc:
-                last = exc
-                continue
-            ws.send(encode(hello_message(self.token)))
-            reply = decode_server(ws.recv(timeout=30))
-            if isinstance(reply, Error):
-                ws.close()
-                raise error_from_code(reply.code, reply.message)
-            if not isinstance(reply, Welcome):
-                raise ProtocolError(f"expected welcome, got {reply.type!r}")
-            self._ws = ws
-            return ws
-        raise ConnectionLost(f"cannot reach {self.url}: {last}")
+                return self._handshake()
+            except FAILURES as exc:
+                if (final := refusal(self.url, exc)) is not None:
+                    raise final from exc
+                last, hint = exc, retry_after(exc)
+        raise ConnectionLost(f"cannot reach {self.url}: {last}") from last
 
-    def close(self) -> None:
-        if self._ws is not None:
-            self._ws.close()
-            self._ws = None
-        self._reset()
+    def _handshake(self) -> ClientConnection:
+        ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2, legacy=True)
+        try:
+            ws.send(encode(self._session.hello()))
+            self._session.welcome(ws.recv(timeout=30))
+        except BaseException:
+            ws.close()
+            raise
+        return ws
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (1000: the server requeues what it held, uncharged)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(*FAILURES):
+                ws.close(code, reason)
+        self._session.disconnected()
 
     def __enter__(self) -> PlanchetClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(*close_code(exc_type))
 
-    def _send(self, message: Message) -> None:
-        self._connection().send(encode(message))
+    def _until(self, ready: Callable[[], T | None]) -> T:
+        """Send what is queued and file frames until ``ready`` returns something.
 
-    def _receive(self) -> None:
-        """Read one frame and file it: batches and events by job, replies and acks by key."""
-        assert self._ws is not None
-        msg: ServerMessage = decode_server(self._ws.recv(timeout=self.timeout))
-        match msg:
-            case Batch():
-                self._batches[msg.job].append(msg)
-            case Event(event="done"):
-                self._done.add(msg.job)
-            case Event(event="deleted"):
-                self._deleted.add(msg.job)
-            case Reply() | Error() if msg.id is not None:
-                self._inbox[msg.id] = msg
-            case Ack():
-                self._inbox[("ack", msg.job, msg.lease)] = msg
-            case Error():
-                raise error_from_code(msg.code, msg.message)
-
-    def _await(self, key: Any) -> Message:
-        while key not in self._inbox:
-            self._receive()
-        return self._inbox.pop(key)
-
-    def _retrying(self, action: Callable[[], T]) -> T:
-        """Run ``action`` on a live connection, re-opening it once if it drops.
-
-        A dropped connection's leases were requeued by the server, so its state here
-        is forgotten before the second try.
+        A dropped connection is re-opened with backoff; the session then sends again
+        what is still pending, and answers results for old leases as dropped.
         """
-        try:
-            return action()
-        except (ConnectionClosed, OSError):
-            self._drop()
-        try:
-            return action()
-        except (ConnectionClosed, OSError) as exc:
-            self._drop()
-            raise ConnectionLost(f"connection to {self.url} lost: {exc}") from exc
+        while (value := ready()) is None:
+            ws = self._connection()
+            try:
+                for message in self._session.take_outbox():
+                    ws.send(encode(message))
+                frame = ws.recv(timeout=self.timeout)
+            except TimeoutError as exc:
+                self.close()
+                raise ConnectionLost(f"no answer from {self.url} within {self.timeout} s") from exc
+            except FAILURES:
+                self._ws = None
+                self._session.disconnected()
+                continue
+            self._session.receive(frame)
+        return value
 
-    def _drop(self) -> None:
-        self._ws = None
-        self._reset()
+    def _wait(self, key: int) -> Any:
+        """The answer filed under ``key``; error answers raise."""
+        try:
+            return self._until(lambda: self._session.answer(key))
+        except BaseException:
+            self._session.abandon(key)
+            raise
 
     def _request(self, message: Message) -> Any:
-        def call() -> Any:
-            self._send(message)
-            reply = self._await(message.id)  # type: ignore[attr-defined]
-            if isinstance(reply, Error):
-                raise error_from_code(reply.code, reply.message)
-            return reply.data  # type: ignore[attr-defined]
-
-        return self._retrying(call)
+        reply = self._wait(self._session.request(message))
+        return reply.data
 
     # --- the original API ---------------------------------------------------------------
 
@@ -227,7 +221,7 @@ class PlanchetClient:
         """
         options.pop("retries", None)  # the original's HTTP retry count; not needed now
         message = StartJob(
-            id=next(self._ids), job=job_name, reader=reader_name, writer=writer_name,
+            id=self._session.next_id(), job=job_name, reader=reader_name, writer=writer_name,
             metadata=metadata, mode=mode, clean_start=clean_start,  # type: ignore[arg-type]
             token=token or self.token, **options,
         )
@@ -239,31 +233,23 @@ class PlanchetClient:
         Blocks while every remaining item is leased to other workers: if one of them
         dies, its items come here instead of being lost.
         """
-        return self._retrying(lambda: self._get(job_name, n_items, token))
+        session = self._session
 
-    def _get(self, job: str, n_items: int, token: str | None) -> list[Any]:
-        queue = self._batches[job]
-        while not queue and job not in self._done:
-            if job in self._deleted:
-                self._deleted.discard(job)
-                self._credit.pop(job, None)
-                raise JobNotFound(f"job {job} was deleted")
-            held = len(set(self._leases[job].values()))
-            wanted = (held + 1, n_items)
-            if self._credit.get(job) != wanted:
-                self._send(Credit(job=job, batches=wanted[0], batch_size=n_items,
-                                  token=token or self.token))
-                self._credit[job] = wanted
-            try:
-                self._receive()
-            except PlanchetError:  # e.g. a refused credit: send it again next time
-                self._credit.pop(job, None)
-                raise
-        if not queue:
+        def ready() -> Batch | str | None:
+            got = session.take_batch(job_name)  # a deleted job or a refused credit raises
+            wanted = Credit(job=job_name, batches=session.held_leases(job_name) + 1,
+                            batch_size=n_items, token=token or self.token)
+            if got is None and session.credits.get(job_name) != wanted:
+                session.credit(wanted)
+            return got
+
+        got = self._until(ready)
+        if not isinstance(got, Batch):
             return []
-        batch = queue.popleft()
-        self._leases[job].update((i, batch.lease) for i, _ in batch.items)
-        return [tuple(pair) for pair in batch.items]
+        leases = self._leases[job_name]
+        for i, _ in got.items:
+            leases.setdefault(i, []).append(got.lease)
+        return [tuple(pair) for pair in got.items]
 
     def send(
         self, job_name: str, items: list[Any], token: str | None = None, overwrite: bool = False
@@ -281,8 +267,7 @@ class PlanchetClient:
 
     def _settle(self, job: str, results: dict[int, Any], errors: dict[int, str],
                 token: str | None, retry: bool = True) -> dict[str, int]:
-        leases = self._leases[job]
-        groups = group_by_lease([*results, *errors], leases)
+        groups = self._by_lease(job, [*results, *errors])
         total = collections.Counter({"written": 0, "retried": 0, "failed": 0, "dropped": 0})
         for lease, ids in groups.items():
             message = Result(
@@ -292,20 +277,30 @@ class PlanchetClient:
                         for i in ids if i in errors],
             )
             try:
-                ack = self._retrying(lambda m=message: self._ack(m))
+                ack = self._wait(self._session.result(message))
             except Unavailable:  # not taken: the items are requeued when the job reloads
-                ack = Ack(job=job, lease=lease, dropped=len(ids))
-            for i in ids:
-                leases.pop(i, None)
+                ack = dropped(message)
             total.update(ack.model_dump(include={"written", "retried", "failed", "dropped"}))
         return dict(total)
 
-    def _ack(self, message: Result) -> Ack:
-        self._send(message)
-        key = ("ack", message.job, message.lease)
-        while key not in self._inbox:
-            self._receive()  # an error frame for this result raises here
-        return self._inbox.pop(key)  # type: ignore[return-value]
+    def _by_lease(self, job: str, ids: Iterable[int]) -> dict[str | None, list[int]]:
+        """Group ids by the lease each came in, and forget them (None: never leased here).
+
+        An id can be held twice: in a lease of a dropped connection and again, served
+        anew, in one of this connection. Its result goes to the live lease first.
+        """
+        leases = self._leases[job]
+        groups: dict[str | None, list[int]] = collections.defaultdict(list)
+        for i in ids:
+            held = leases.get(i, [])
+            live = [lease for lease in held if self._session.holds(job, lease, i)]
+            lease = live[0] if live else held[0] if held else None
+            if lease is not None:
+                held.remove(lease)
+                if not held:
+                    del leases[i]
+            groups[lease].append(i)
+        return groups
 
     def get_job_report(self, job_name: str, token: str | None = None) -> dict[str, Any]:
         return self._command("report", job_name, token)
@@ -325,12 +320,12 @@ class PlanchetClient:
         return self._command("clean", job_name, token)
 
     def list_jobs(self, token: str | None = None) -> list[dict[str, Any]]:
-        return self._request(ServerCommand(type="jobs", id=next(self._ids),
+        return self._request(ServerCommand(type="jobs", id=self._session.next_id(),
                                            token=token or self.token))
 
     def purge_server(self, master_token: str | None = None, **_: Any) -> dict[str, Any]:
         """Delete every job (files stay on disk)."""
-        return self._request(ServerCommand(type="purge", id=next(self._ids),
+        return self._request(ServerCommand(type="purge", id=self._session.next_id(),
                                            token=master_token or self.token))
 
     def check(self) -> dict[str, Any]:
@@ -340,14 +335,18 @@ class PlanchetClient:
         url = f"{'https' if scheme == 'wss' else 'http'}://{host}/health"
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
-                return orjson.loads(response.read())
+                body = response.read()
         except urllib.error.HTTPError as exc:  # 503: Redis is down; the body says so
-            return orjson.loads(exc.read())
+            body = exc.read()
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {self.url}: {exc}") from exc
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:  # not a Planchet server, or a proxy's page
+            raise ProtocolError(f"{url} did not answer with JSON") from exc
 
     def _command(self, op: str, job: str, token: str | None) -> Any:
-        return self._request(JobCommand(type=op, id=next(self._ids), job=job,  # type: ignore[arg-type]
+        return self._request(JobCommand(type=op, id=self._session.next_id(), job=job,  # type: ignore[arg-type]
                                         token=token or self.token))
 
 

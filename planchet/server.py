@@ -22,7 +22,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import __version__
 from .config import Settings
 from .dispatcher import Dispatcher, Session
 from .embedded import RedisProcess, supervise
@@ -49,6 +48,7 @@ from .messages import (
     envelope,
 )
 from .store import Store
+from .version import __version__
 
 log = logging.getLogger("planchet")
 # the websockets library logs every frame, tokens included, at DEBUG: never below INFO

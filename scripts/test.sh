@@ -7,4 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 .venv/bin/ruff check .
+.venv/bin/mypy planchet
 .venv/bin/pytest -q "$@"

@@ -14,7 +14,9 @@ from planchet import AuthError, BadRequest, JobNotFound, PathRefused, PlanchetCl
 from planchet.client import websocket_url
 from planchet.config import Settings
 from planchet.embedded import free_port
+from planchet.messages import Credit, Result, ServerCommand
 from planchet.server import PlanchetServer
+from planchet.session import DONE, ClientSession
 from planchet.store import Store
 
 META = {"input_file_path": "in.jsonl", "output_file_path": "out.jsonl"}
@@ -72,6 +74,7 @@ def output_ids(data_dir: Path) -> list[int]:
 
 
 def test_urls_of_the_original_work() -> None:
+    """The original's http:// URLs and bare host:port become WebSocket URLs."""
     assert websocket_url("http://localhost:5005") == "ws://localhost:5005"
     assert websocket_url("https://example.org/x") == "wss://example.org/x"
     assert websocket_url("localhost:5005") == "ws://localhost:5005"
@@ -79,6 +82,7 @@ def test_urls_of_the_original_work() -> None:
 
 
 def test_original_script_shape(served: ThreadedServer, data_dir: Path) -> None:
+    """The original get/send loop processes a whole job, and done stays done."""
     client = PlanchetClient(served.url)
     client.start_job("ner", META, "JsonlReader", writer_name="JsonlWriter")
     items = client.get("ner", 30)
@@ -96,6 +100,7 @@ def test_original_script_shape(served: ThreadedServer, data_dir: Path) -> None:
 
 def test_resume_by_every_worker_and_several_batches_held(served: ThreadedServer,
                                                           data_dir: Path) -> None:
+    """Every worker may call start_job, and one worker may hold several batches at once."""
     first, second = PlanchetClient(served.url), PlanchetClient(served.url)
     first.start_job("j", META, "JsonlReader", writer_name="JsonlWriter")
     second.start_job("j", META, "JsonlReader", writer_name="JsonlWriter")  # resumes
@@ -109,6 +114,7 @@ def test_resume_by_every_worker_and_several_batches_held(served: ThreadedServer,
 
 
 def test_errors_raise_clearly(served: ThreadedServer) -> None:
+    """Server errors raise their PlanchetError subclass and the connection survives them."""
     client = PlanchetClient(served.url)
     with pytest.raises(JobNotFound):
         client.get("nope", 10)
@@ -129,6 +135,7 @@ def test_errors_raise_clearly(served: ThreadedServer) -> None:
 
 def test_mark_errors_sends_items_to_the_error_file(served: ThreadedServer,
                                                    data_dir: Path) -> None:
+    """mark_errors sends items to the error file, not back to the queue."""
     client = PlanchetClient(served.url)
     client.start_job("e", META, "JsonlReader", writer_name="JsonlWriter")
     items = client.get("e", 200)
@@ -143,6 +150,7 @@ def test_mark_errors_sends_items_to_the_error_file(served: ThreadedServer,
 
 
 def test_reconnects_after_a_server_restart(served: ThreadedServer, data_dir: Path) -> None:
+    """After a graceful restart, held results come back dropped; the job finishes exactly once."""
     client = PlanchetClient(served.url, retries=20)
     client.start_job("r", META, "JsonlReader", writer_name="JsonlWriter")
     held = client.get("r", 40)
@@ -158,6 +166,7 @@ def test_reconnects_after_a_server_restart(served: ThreadedServer, data_dir: Pat
 
 
 def test_delete_and_clean(served: ThreadedServer, data_dir: Path) -> None:
+    """clean empties the output and starts over; delete forgets the job."""
     client = PlanchetClient(served.url)
     client.start_job("d", META, "JsonlReader", writer_name="JsonlWriter")
     client.send("d", client.get("d", 100))
@@ -171,6 +180,7 @@ def test_delete_and_clean(served: ThreadedServer, data_dir: Path) -> None:
 
 
 def test_a_job_deleted_under_a_worker_raises(served: ThreadedServer) -> None:
+    """A worker waiting on a job that gets deleted hears JobNotFound."""
     worker, admin = PlanchetClient(served.url), PlanchetClient(served.url)
     worker.start_job("gone", META, "JsonlReader", writer_name="JsonlWriter")
     worker.get("gone", 100)
@@ -178,3 +188,80 @@ def test_a_job_deleted_under_a_worker_raises(served: ThreadedServer) -> None:
     admin.delete_job("gone")
     with pytest.raises(JobNotFound, match="deleted"):
         worker.get("gone", 100)
+
+
+# --- the sans-I/O session both clients wrap ---------------------------------------------
+
+
+def frame(**fields: object) -> bytes:
+    return orjson.dumps(fields)
+
+
+WELCOME = frame(type="welcome", server="t", max_message_bytes=1024)
+
+
+def test_session_matches_acks_in_order_per_job_and_forgets_leases_on_reconnect() -> None:
+    """Acks go to the results of their job in send order; after a reconnect a result for
+    an old lease is answered as dropped at once, and requests are queued again."""
+    session = ClientSession("t")
+    session.welcome(WELCOME)
+    session.receive(frame(type="batch", job="a", lease="L", items=[[0, 1], [1, 2], [2, 3]],
+                          lease_timeout=9.0))
+    assert session.take_batch("a").lease == "L"  # type: ignore[union-attr]
+    first = session.result(Result(job="a", lease="L", items=[(0, "x")]))
+    second = session.result(Result(job="a", lease="L", items=[(1, "y")]))
+    other = session.result(Result(job="b", lease=None, items=[(7, "z")]))
+    session.receive(frame(type="ack", job="a", lease="L", written=1))
+    session.receive(frame(type="ack", job="b", lease=None, dropped=1))
+    assert session.answer(first).written == 1  # type: ignore[union-attr]
+    assert session.answer(other).dropped == 1  # type: ignore[union-attr]
+    request = session.request(ServerCommand(type="jobs", id=session.next_id()))
+    session.disconnected()
+    assert session.answer(second).dropped == 1  # type: ignore[union-attr]
+    stale = session.result(Result(job="a", lease="L", items=[(2, "w")]))
+    assert session.answer(stale).dropped == 1  # type: ignore[union-attr]
+    session.welcome(WELCOME)
+    assert [m.type for m in session.take_outbox()] == ["jobs"]
+    session.receive(frame(type="reply", id=request, data=[]))
+    assert session.answer(request).data == []  # type: ignore[union-attr]
+
+
+def test_session_ends_a_job_once_and_backs_off() -> None:
+    """A deleted job raises once; 'done' stays until the job is asked for again; failed
+    attempts back off, and only a frame after the welcome resets the count."""
+    session = ClientSession()
+    session.welcome(WELCOME)
+    session.credit(Credit(job="a", batches=1))
+    session.receive(frame(type="event", job="a", event="deleted"))
+    with pytest.raises(JobNotFound):
+        session.take_batch("a")
+    assert session.take_batch("a") is None and "a" not in session.credits
+    session.receive(frame(type="event", job="a", event="done"))
+    assert session.take_batch("a") == DONE
+    session.credit(Credit(job="a", batches=1))  # the job may have been cleaned since
+    assert session.take_batch("a") is None
+    delays = [session.next_delay(3) for _ in range(5)]
+    assert delays == [0.0, 0.25, 0.5, 1.0, None]
+    assert session.next_delay(3, hint=2.0) == 2.0  # Retry-After wins over a shorter wait
+    session.receive(frame(type="event", job="a", event="paused"))
+    assert session.next_delay(3) == 0.0
+
+
+def test_blocking_worker_survives_kill_and_restart(serve_process, issues_input,
+                                                   data_dir: Path) -> None:
+    """Results of batches held across a kill -9 and restart are written or dropped, never
+    an error, even when the same items come back in a new batch first; every id is
+    written once."""
+    with PlanchetClient(serve_process.url, retries=20) as client:
+        client.start_job("k", META, "JsonlReader", writer_name="JsonlWriter")
+        first, second = client.get("k", 25), client.get("k", 25)
+        serve_process.kill()
+        serve_process.start()
+        third = client.get("k", 25)  # reconnects; the requeued items come back first
+        answers = [client.send("k", first + second), client.send("k", third)]
+        assert [a["written"] + a["dropped"] for a in answers] == [50, 25]
+        items = client.get("k", 25)
+        while items:
+            client.send("k", items)
+            items = client.get("k", 25)
+    assert output_ids(data_dir) == list(range(830))

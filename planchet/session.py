@@ -1,0 +1,273 @@
+"""What a client knows about its connection, with no I/O: both Python clients wrap one.
+
+``ClientSession`` builds the hello and checks the welcome, queues outgoing messages,
+files every incoming frame (replies by request id, acks in the order the results of a
+job were sent, batches and events by job), and keeps count of failed connection
+attempts for the backoff. The clients only move frames between it and a socket.
+
+A reconnect forgets what the server forgot: the leases of the old connection were
+requeued, so a result for one of them (pending, or sent later) is answered here as
+dropped, never sent, and batches not yet handed out are thrown away. Requests
+and results for no lease (write-only jobs) are sent again, in their order, and so is
+the credit of every job being consumed: nothing pending waits for ever.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Literal
+
+from .exceptions import ConnectionLost, JobNotFound, PlanchetError, ProtocolError, error_from_code
+from .messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Batch,
+    Credit,
+    Error,
+    Event,
+    Hello,
+    Message,
+    Reply,
+    Result,
+    Welcome,
+    decode_server,
+)
+from .version import __version__
+
+DONE: Literal["done"] = "done"  # what ``take_batch`` returns once a job is done
+Answer = Message | PlanchetError
+MAX_STALE = 1024  # leases of dropped connections remembered, to answer their results here
+
+
+def dropped(result: Result) -> Ack:
+    """The ack of a result the server cannot take: its items were requeued."""
+    return Ack(job=result.job, lease=result.lease, dropped=len(result.items) + len(result.errors))
+
+
+def _settle(leases: dict[str, set[int]], result: Result) -> None:
+    """Strike the ids of ``result`` from its lease in ``leases``; forget a settled lease."""
+    ids = leases.get(result.lease or "")
+    if ids is None:
+        return
+    ids.difference_update([i for i, _ in result.items], [e.id for e in result.errors])
+    if not ids:
+        del leases[result.lease or ""]
+
+
+def backoff(failures: int, base: float = 0.25, cap: float = 5.0) -> float:
+    """Seconds to wait before a connection attempt that follows ``failures`` failed ones."""
+    return 0.0 if failures == 0 else min(cap, base * 2 ** (failures - 1))
+
+
+class ClientSession:
+    """Sans-I/O client state: pending requests and results, held leases, queued batches."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        self.connected = False
+        self.failures = 0  # connection attempts since the server last sent anything useful
+        self.outbox: list[Message] = []  # to send, in this order, on the current connection
+        self.pending: dict[int, Message] = {}  # requests and results not yet answered
+        self.answers: dict[int, Answer] = {}
+        self.abandoned: set[int] = set()  # the caller gave up: its answer is thrown away
+        self.credits: dict[str, Credit] = {}  # the jobs being consumed, sent on each connect
+        self.stale: dict[str, set[int]] = {}  # unsettled leases of dropped connections
+        self._ids = itertools.count(1)
+        self._forget_connection()
+
+    def _forget_connection(self) -> None:
+        self.acks: dict[str, collections.deque[int]] = collections.defaultdict(collections.deque)
+        self.batches: dict[str, collections.deque[Batch]] = collections.defaultdict(
+            collections.deque)
+        self.held: dict[str, dict[str, set[int]]] = collections.defaultdict(dict)  # job->lease->ids
+        self.ended: dict[str, PlanchetError | None] = {}  # job -> None: done; else why it ended
+
+    # --- connecting -------------------------------------------------------------------
+
+    def hello(self) -> Hello:
+        return Hello(protocol=PROTOCOL_VERSION, token=self.token,
+                     client=f"planchet-python {__version__}")
+
+    def next_delay(self, retries: int, hint: float = 0.0) -> float | None:
+        """Seconds to wait before the next connection attempt; None: give up.
+
+        ``hint`` is the server's Retry-After. The count of failures is reset only by a
+        frame after the welcome, so a server that accepts and then drops every
+        connection is not retried for ever, nor without pause.
+        """
+        if self.failures > retries:
+            self.failures = 0  # the next call starts a fresh round
+            return None
+        self.failures += 1
+        return max(backoff(self.failures - 1), min(hint, 60.0))
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def welcome(self, frame: bytes | str) -> None:
+        """Check the server's answer to the hello; then queue what the connection owes."""
+        reply = decode_server(frame)
+        if isinstance(reply, Error):
+            raise error_from_code(reply.code, reply.message)
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"expected welcome, got {reply.type!r}")
+        self.connected = True
+        self.outbox = [*self.credits.values(), *self.pending.values()]
+        for key, message in self.pending.items():
+            if isinstance(message, Result):
+                self.acks[message.job].append(key)
+
+    def disconnected(self) -> None:
+        """The connection is gone, and with it, on the server, every lease it held."""
+        self.connected = False
+        self.outbox = []
+        queued = {batch.lease for batches in self.batches.values() for batch in batches}
+        for leases in self.held.values():  # in the caller's hands: their results may come
+            self.stale.update((lease, ids) for lease, ids in leases.items() if lease not in queued)
+        while len(self.stale) > MAX_STALE:
+            del self.stale[next(iter(self.stale))]
+        for key, message in list(self.pending.items()):
+            if isinstance(message, Result) and message.lease is not None:
+                self._answer(key, dropped(message))
+            elif key in self.abandoned:  # nobody waits for it: not sent again
+                self._answer(key, ConnectionLost("abandoned"))
+        self._forget_connection()
+
+    def fail(self, error: PlanchetError) -> None:
+        """No connection can be had: answer everything pending, end every job's batches."""
+        for key in list(self.pending):
+            self._answer(key, error)
+        for job in self.credits:
+            self.ended[job] = error
+        self.credits.clear()
+        self.acks.clear()
+
+    # --- what the caller sends --------------------------------------------------------
+
+    def request(self, message: Any) -> int:
+        """Queue a request (it has an ``id`` from ``next_id``); its key is that id."""
+        self._queue(message.id, message)
+        return message.id
+
+    def result(self, message: Result) -> int:
+        """Queue results; the key under which their ack will be filed."""
+        key = self.next_id()
+        if message.lease in self.stale:  # the server requeued it when the connection dropped
+            _settle(self.stale, message)
+            self.answers[key] = dropped(message)
+            return key
+        _settle(self.held[message.job], message)  # any other lease, or none: the server decides
+        self._queue(key, message)
+        return key
+
+    def credit(self, message: Credit) -> None:
+        """Ask for batches of a job, on this connection and on every later one."""
+        self.credits[message.job] = message
+        if self.ended.get(message.job, False) is None:  # done, but it may have been cleaned
+            del self.ended[message.job]
+        if self.connected:
+            self.outbox.append(message)
+
+    def uncredit(self, job: str) -> None:
+        """The job's consumer has stopped: do not ask for more on a new connection."""
+        self.credits.pop(job, None)
+
+    def abandon(self, key: int) -> None:
+        """The caller stopped waiting for ``key`` (it timed out, was cancelled...)."""
+        self.answers.pop(key, None)
+        if key not in self.pending:
+            return
+        if self.connected:  # sent, or about to be: its answer must still be matched
+            self.abandoned.add(key)
+        else:
+            del self.pending[key]
+
+    def take_outbox(self) -> list[Message]:
+        messages, self.outbox = self.outbox, []
+        return messages
+
+    def _queue(self, key: int, message: Message) -> None:
+        self.pending[key] = message
+        if self.connected:
+            self.outbox.append(message)
+            if isinstance(message, Result):
+                self.acks[message.job].append(key)
+
+    # --- what the server sends --------------------------------------------------------
+
+    def receive(self, frame: bytes | str) -> None:
+        """File one frame from the server. Never raises: a frame that makes no sense
+        fails whatever was waiting."""
+        try:
+            msg = decode_server(frame)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        self.failures = 0
+        match msg:
+            case Batch():
+                self.held[msg.job][msg.lease] = {i for i, _ in msg.items}
+                self.batches[msg.job].append(msg)
+            case Event(event="done"):
+                self.ended[msg.job] = None
+            case Event(event="deleted"):
+                self.ended[msg.job] = JobNotFound(f"job {msg.job} was deleted")
+            case Reply() | Error() if msg.id is not None:
+                self._answer(msg.id, msg)
+            case Ack() | Error() if msg.job is not None and self.acks.get(msg.job):
+                self._answer(self.acks[msg.job].popleft(), msg)  # the oldest result's answer
+            case Error() if msg.job is not None:  # a refused credit: the job's consumer hears
+                self.ended[msg.job] = error_from_code(msg.code, msg.message)
+            case Error():  # about the connection itself; the server closes it next
+                self.fail(error_from_code(msg.code, msg.message))
+
+    def _answer(self, key: int, answer: Answer) -> None:
+        if self.pending.pop(key, None) is None:
+            return
+        if key in self.abandoned:
+            self.abandoned.discard(key)
+        else:
+            self.answers[key] = answer
+
+    # --- what the caller waits for ----------------------------------------------------
+
+    def has_answer(self, key: int) -> bool:
+        return key in self.answers
+
+    def answer(self, key: int) -> Message | None:
+        """The answer to ``key`` once it has come, else None; an error answer raises."""
+        got = self.answers.pop(key, None)
+        if isinstance(got, PlanchetError):
+            raise got
+        if isinstance(got, Error):
+            raise error_from_code(got.code, got.message)
+        return got
+
+    def has_batch(self, job: str) -> bool:
+        return bool(self.batches[job]) or job in self.ended
+
+    def take_batch(self, job: str) -> Batch | Literal["done"] | None:
+        """The next batch of ``job``, ``DONE``, or None while neither has come.
+
+        Batches that came before the end are served first. An error that ended the
+        job's batches (deleted, a refused credit) is raised once.
+        """
+        if self.batches[job]:
+            return self.batches[job].popleft()
+        if job not in self.ended:
+            return None
+        error = self.ended[job]
+        if error is None:
+            return DONE
+        del self.ended[job]
+        self.credits.pop(job, None)
+        raise error
+
+    def holds(self, job: str, lease: str, item: int) -> bool:
+        """Whether ``item`` of ``lease`` is held, unsettled, on this connection."""
+        return item in self.held[job].get(lease, ())
+
+    def held_leases(self, job: str) -> int:
+        """How many of ``job``'s leases this connection holds unsettled."""
+        return len(self.held[job])
