@@ -13,11 +13,13 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
 
 from planchet.config import Settings
+from planchet.dispatcher import Dispatcher
 from planchet.embedded import RedisProcess
 from planchet.server import PlanchetServer
 from planchet.store import Store
@@ -133,6 +135,32 @@ async def make_server(
 async def server(make_server: Callable[..., Awaitable[PlanchetServer]]) -> PlanchetServer:
     """A started server with the default ``settings``; its URL is ``ws://127.0.0.1:<port>``."""
     return await make_server()
+
+
+MakeDispatcher = Callable[..., Awaitable[Dispatcher]]
+
+
+@pytest.fixture
+async def make_dispatcher(store: Store, settings: Settings) -> AsyncIterator[MakeDispatcher]:
+    """Start dispatchers on this test's Redis (``settings`` plus overrides); close them after."""
+    started: list[Dispatcher] = []
+
+    async def start(**overrides: Any) -> Dispatcher:
+        dispatcher = Dispatcher(store, dataclasses.replace(settings, **overrides))
+        started.append(dispatcher)
+        await dispatcher.start()
+        return dispatcher
+
+    try:
+        yield start
+    finally:
+        for dispatcher in reversed(started):
+            await dispatcher.close()
+
+
+@pytest.fixture
+async def dispatcher(make_dispatcher: MakeDispatcher) -> Dispatcher:
+    return await make_dispatcher()
 
 
 # --- ``planchet serve`` as a subprocess -------------------------------------------------

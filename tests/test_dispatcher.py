@@ -7,15 +7,12 @@ dispatcher on a real Redis.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from planchet.config import Settings
 from planchet.dispatcher import Dispatcher
 from planchet.embedded import RedisProcess
 from planchet.exceptions import (
@@ -45,36 +42,11 @@ from planchet.messages import (
 )
 from planchet.state import DONE, Fault
 from planchet.store import Store
+from tests.conftest import MakeDispatcher
 from tests.support import asleep, eventually
 
 LINES = 830
 WAIT = 20.0  # seconds: a bound on waiting for something that must happen, never a threshold
-
-MakeDispatcher = Callable[..., Awaitable[Dispatcher]]
-
-
-@pytest.fixture
-async def make_dispatcher(store: Store, settings: Settings) -> AsyncIterator[MakeDispatcher]:
-    """Start dispatchers on this test's Redis (``settings`` plus overrides); close them after."""
-    started: list[Dispatcher] = []
-
-    async def start(**overrides: Any) -> Dispatcher:
-        dispatcher = Dispatcher(store, dataclasses.replace(settings, **overrides))
-        started.append(dispatcher)
-        await dispatcher.start()
-        return dispatcher
-
-    try:
-        yield start
-    finally:
-        for dispatcher in reversed(started):
-            await dispatcher.close()
-
-
-@pytest.fixture
-async def dispatcher(make_dispatcher: MakeDispatcher) -> Dispatcher:
-    return await make_dispatcher()
-
 
 class Peer:
     """One session, seen from the client's side: an inbox of what the server sent it."""

@@ -7,44 +7,23 @@ the dispatcher is driven through the ``Peer`` sessions of ``test_dispatcher``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from planchet.config import Settings
-from planchet.dispatcher import Dispatcher
 from planchet.exceptions import AuthError, BadRequest
 from planchet.formats import READERS, JsonlReader
 from planchet.formats.base import Chunk
 from planchet.messages import Batch, Credit, Event, Hello, Message
 from planchet.state import Fault
 from planchet.store import Store
+from tests.conftest import MakeDispatcher
 from tests.support import eventually
 from tests.test_dispatcher import Peer, error_ids, output_ids
 
-MakeDispatcher = Callable[..., Awaitable[Dispatcher]]
 WAIT = 20.0
-
-
-@pytest.fixture
-async def make_dispatcher(store: Store, settings: Settings) -> AsyncIterator[MakeDispatcher]:
-    started: list[Dispatcher] = []
-
-    async def start(**overrides: Any) -> Dispatcher:
-        dispatcher = Dispatcher(store, dataclasses.replace(settings, **overrides))
-        started.append(dispatcher)
-        await dispatcher.start()
-        return dispatcher
-
-    try:
-        yield start
-    finally:
-        for dispatcher in reversed(started):
-            await dispatcher.close()
 
 
 def write_lines(path: Path, lines: list[bytes]) -> None:
