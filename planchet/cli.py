@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, data_dir=args.data_dir, redis_url=args.redis,
         token=args.token, allow_origins=args.allow_origin,
         max_connections=args.max_connections,
-        max_pending_connections=args.max_pending_connections,
+        max_pending_connections=args.max_pending_connections, crash_grace=args.crash_grace,
     )
     asyncio.run(run(settings))
     return 0
@@ -238,6 +238,9 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-pending-connections", type=int,
                        help="connections that have not said hello yet, at most; the oldest "
                             "is dropped for a new one (default 100)")
+    serve.add_argument("--crash-grace", type=float, metavar="SECONDS",
+                       help="a worker that vanishes sooner than this after getting a batch "
+                            "is not charged an attempt for it (default 1)")
     serve.set_defaults(func=_serve)
 
 

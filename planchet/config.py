@@ -29,6 +29,8 @@ class Settings:
     max_message_bytes: int = 16 * 2**20
     key_prefix: str = "planchet:"
     tick: float = 1.0  # how often leases are checked for expiry, in seconds
+    # a worker that vanishes sooner than this after being given a batch is not charged for it
+    crash_grace: float = 1.0
     # web pages (Origin headers) allowed besides loopback and the server's own; "*": any
     allow_origins: tuple[str, ...] = ()
     max_connections: int = 1000  # open WebSocket connections; past it an upgrade gets 503
@@ -56,6 +58,7 @@ class Settings:
             data_dir=Path(settings.data_dir).resolve(),
             max_message_bytes=int(settings.max_message_bytes),
             tick=float(settings.tick),
+            crash_grace=float(settings.crash_grace),
             allow_origins=_origins(settings.allow_origins),
             max_connections=int(settings.max_connections),
             max_pending_connections=int(settings.max_pending_connections),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,6 +45,14 @@ Close = Callable[[int, str], Awaitable[None]]
 
 async def _no_close(code: int, reason: str) -> None:
     return None
+
+
+class Ending(enum.Enum):
+    """How a connection ended, which decides what its leases cost."""
+
+    GOODBYE = "goodbye"  # the client closed with 1000 or 1001: nothing is charged
+    FAILED = "failed"  # the client closed with 1011, its own code failed: charged
+    VANISHED = "vanished"  # no goodbye at all: charged, unless it was gone at once
 
 
 class Session:
@@ -178,20 +187,21 @@ class Dispatcher:
         self.sessions.add(session)
         return session
 
-    async def disconnect(self, session: Session, clean: bool = False) -> None:
+    async def disconnect(self, session: Session, ending: Ending = Ending.VANISHED) -> None:
         """Stop the session's pumps, then requeue everything it held.
 
-        ``clean``: the client said goodbye (close code 1000 or 1001), so nothing it held
-        is charged. Otherwise it is treated as a crash (see ``Job.release``).
+        What it costs depends on ``ending`` (see ``Ending`` and ``Job.release``); nothing
+        when the server itself is stopping or failed the session.
         """
         self.sessions.discard(session)
-        crashed = not (clean or self.stopping or session.faulted)
+        crashed = ending is not Ending.GOODBYE and not (self.stopping or session.faulted)
+        grace = self.settings.crash_grace if ending is Ending.VANISHED else 0.0
         subscriptions = list(session.subscriptions.values())
         session.subscriptions.clear()
         for sub in subscriptions:
             await sub.stop()
             try:
-                await sub.job.release(sub, crashed=crashed)
+                await sub.job.release(sub, crashed=crashed, grace=grace)
             except PlanchetError as exc:  # the job broke: reopening it requeues the leases
                 log.warning("release on %s: %s", sub.job.name, exc)
 

@@ -213,6 +213,7 @@ class Job:
             {i: (item, attempts) for i, item, attempts in items},
             owner,
             time.monotonic() + self.spec.lease_timeout,
+            time.monotonic(),
         )
         self.leases[lease_id] = lease
         owner.leases.add(lease_id)
@@ -339,20 +340,22 @@ class Job:
         lease.owner.leases.discard(lease.id)
         lease.owner.wake()
 
-    async def release(self, owner: Watcher, crashed: bool = True) -> None:
+    async def release(self, owner: Watcher, crashed: bool = True, grace: float = 0.0) -> None:
         """Give back every lease of ``owner`` (its connection ended): requeue at once.
 
         A worker that crashed is charged an attempt on its oldest lease, the one it was
-        working on, so an item that kills its workers ends in the error file; the
-        batches it had only prefetched go back free, so workers that merely come and go
-        fail nothing. A clean goodbye, or a server shutting down, charges nothing.
+        working on, so an item that kills its workers ends in the error file, unless it
+        had that lease for less than ``grace`` seconds: it cannot have worked on it much.
+        The batches it had only prefetched go back free, so workers that merely come and
+        go fail nothing. A clean goodbye, or a server shutting down, charges nothing.
         """
+        worked = time.monotonic() - grace
         async with self.lock:
             for n, lease in enumerate([le for le in self.leases.values() if le.owner is owner]):
                 if self.broken:
                     return  # ``open`` will requeue it from Redis
-                await self._step(self._fail_lease(lease, "worker disconnected",
-                                                  charge=crashed and n == 0))
+                charge = crashed and n == 0 and lease.given <= worked
+                await self._step(self._fail_lease(lease, "worker disconnected", charge))
 
     async def expire(self, now: float | None = None) -> list[Watcher]:
         """Requeue leases past their deadline (a hung worker); return their owners."""

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .config import Settings
-from .dispatcher import Dispatcher, Session
+from .dispatcher import Dispatcher, Ending, Session
 from .embedded import RedisProcess, supervise
 from .exceptions import (
     AuthError,
@@ -169,7 +169,7 @@ class PlanchetServer:
 
     async def _disconnect(self, ws: ServerConnection, session: Session) -> None:
         try:
-            await self.dispatcher.disconnect(session, clean=_said_goodbye(ws))
+            await self.dispatcher.disconnect(session, _ending(ws))
         except Exception:
             log.exception("could not give back the work of %s", peer(ws))
 
@@ -263,11 +263,16 @@ def _close_reason(message: str) -> str:
     return message.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
-def _said_goodbye(ws: ServerConnection) -> bool:
-    """The client closed the connection, first and with 1000 or 1001: a clean end."""
+def _ending(ws: ServerConnection) -> Ending:
+    """How the client ended the connection: it closed first with 1000 or 1001 (goodbye),
+    or with 1011 (its own code failed); anything else, it vanished."""
     protocol = ws.protocol
     rcvd = protocol.close_rcvd
-    return bool(protocol.close_rcvd_then_sent) and rcvd is not None and rcvd.code in (1000, 1001)
+    if not protocol.close_rcvd_then_sent or rcvd is None:
+        return Ending.VANISHED
+    if rcvd.code in (1000, 1001):
+        return Ending.GOODBYE
+    return Ending.FAILED if rcvd.code == 1011 else Ending.VANISHED
 
 
 async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None = None) -> None:

@@ -61,6 +61,7 @@ class Lease:
     items: dict[int, tuple[Any, int]]  # id -> (item, failed attempts before this one)
     owner: Watcher
     deadline: float
+    given: float = 0.0  # when it was leased (time.monotonic)
 
 
 @dataclass

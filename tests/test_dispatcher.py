@@ -658,8 +658,10 @@ async def test_a_graceful_stop_does_not_use_up_attempts(
 
 
 async def test_a_vanished_worker_uses_up_an_attempt(
-    dispatcher: Dispatcher, issues_input: Path, data_dir: Path
+    make_dispatcher: MakeDispatcher, issues_input: Path, data_dir: Path
 ) -> None:
+    """A worker gone without a goodbye after the crash grace is charged its batch."""
+    dispatcher = await make_dispatcher(crash_grace=0)
     peer = Peer(dispatcher)
     await peer.start(max_attempts=1)
     await peer.credit(1)

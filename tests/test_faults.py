@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from planchet.dispatcher import Ending
 from planchet.exceptions import AuthError, BadRequest
 from planchet.formats import READERS, JsonlReader
 from planchet.formats.base import Chunk
@@ -176,7 +177,26 @@ async def test_workers_that_come_and_go_fail_nothing(
         churn = Peer(dispatcher)
         await churn.credit(3)
         await churn.next_batch()
-        await dispatcher.disconnect(churn.session, clean=True)
+        await dispatcher.disconnect(churn.session, Ending.GOODBYE)
+    worker = Peer(dispatcher)
+    await worker.credit(2)
+    await worker.work()
+    assert sorted(output_ids(data_dir / "j.out.jsonl")) == list(range(830))
+    assert error_ids(data_dir / "j.out.jsonl.errors.jsonl") == []
+
+
+async def test_workers_that_vanish_at_once_fail_nothing(
+    make_dispatcher: MakeDispatcher, issues_input: Path, data_dir: Path
+) -> None:
+    """Connections that take batches and drop without a goodbye, sooner than the crash
+    grace, send no healthy item to the error file either, even with one attempt allowed."""
+    dispatcher = await make_dispatcher(crash_grace=3600)
+    await Peer(dispatcher).start(max_attempts=1, batch_size=10)
+    for _ in range(300):
+        churn = Peer(dispatcher)
+        await churn.credit(3)
+        await churn.next_batch()
+        await dispatcher.disconnect(churn.session)  # no goodbye
     worker = Peer(dispatcher)
     await worker.credit(2)
     await worker.work()
@@ -190,7 +210,7 @@ async def test_a_crash_charges_only_the_lease_being_worked_on(
     """A worker that vanishes is charged for its oldest lease (the one it was working on,
     so an item that kills workers still ends in the error file), not for what it had
     only prefetched."""
-    dispatcher = await make_dispatcher()
+    dispatcher = await make_dispatcher(crash_grace=0)
     await Peer(dispatcher).start(max_attempts=1, batch_size=10)
     crasher = Peer(dispatcher)
     await crasher.credit(3)

@@ -19,6 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from planchet.config import Settings
+from planchet.dispatcher import Ending
 from planchet.messages import (
     PROTOCOL_VERSION,
     Batch,
@@ -263,15 +264,15 @@ async def test_debug_logging_never_shows_a_frame(
 @pytest.fixture
 async def recording(
     make_server: MakeServer, issues_input: Path
-) -> AsyncIterator[tuple[PlanchetServer, list[bool]]]:
-    """A server whose dispatcher records the ``clean`` flag of every disconnect, and a job."""
+) -> AsyncIterator[tuple[PlanchetServer, list[Ending]]]:
+    """A server whose dispatcher records how every connection ended, and a job."""
     server = await make_server()
-    seen: list[bool] = []
+    seen: list[Ending] = []
     real = server.dispatcher.disconnect
 
-    async def disconnect(session: Any, clean: bool = False) -> None:
-        seen.append(clean)
-        await real(session, clean=clean)
+    async def disconnect(session: Any, ending: Ending = Ending.VANISHED) -> None:
+        seen.append(ending)
+        await real(session, ending)
 
     server.dispatcher.disconnect = disconnect  # type: ignore[method-assign]
     admin = await greet(server)
@@ -280,12 +281,14 @@ async def recording(
     await admin.close()
 
 
-@pytest.mark.parametrize(("code", "clean"), [(1000, True), (1001, True), (4000, False),
-                                             (None, False)])
+@pytest.mark.parametrize(("code", "ending"), [
+    (1000, Ending.GOODBYE), (1001, Ending.GOODBYE), (1011, Ending.FAILED),
+    (4000, Ending.VANISHED), (None, Ending.VANISHED)])
 async def test_the_dispatcher_hears_how_a_connection_ended(
-    recording: tuple[PlanchetServer, list[bool]], code: int | None, clean: bool
+    recording: tuple[PlanchetServer, list[Ending]], code: int | None, ending: Ending
 ) -> None:
-    """A client's close with 1000 or 1001 is clean; any other code, or a dropped socket, is not."""
+    """A client's close with 1000 or 1001 is a goodbye, with 1011 a failure of its own;
+    any other code, or a dropped socket, and it vanished."""
     server, seen = recording
     ws = await greet(server)
     if code is None:
@@ -293,19 +296,19 @@ async def test_the_dispatcher_hears_how_a_connection_ended(
     else:
         await ws.close(code)
     await eventually(lambda: seen, "the disconnect")
-    assert seen == [clean]
+    assert seen == [ending]
 
 
 async def test_a_refused_frame_is_not_a_clean_end(
-    recording: tuple[PlanchetServer, list[bool]],
+    recording: tuple[PlanchetServer, list[Ending]],
 ) -> None:
-    """When the server closes a connection for a bad frame, the dispatcher hears 'not clean'."""
+    """When the server closes a connection for a bad frame, the client vanished."""
     server, seen = recording
     ws = await greet(server)
     await ws.send(b"not json")
     await refused(ws)
     await eventually(lambda: seen, "the disconnect")
-    assert seen == [False]
+    assert seen == [Ending.VANISHED]
 
 
 class _Faulty(PlanchetServer):

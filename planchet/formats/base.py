@@ -16,7 +16,7 @@ import abc
 import contextlib
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple
 
 from planchet.exceptions import BadRequest, FormatError
@@ -38,11 +38,17 @@ START = Position(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """One batch from a reader: good items, bad records, and where the next batch starts."""
+    """One batch from a reader: good items, bad records, and where the next batch starts.
+
+    ``ends`` holds the end offset of every record of the chunk, good or bad, in id order
+    (the first record's id is ``position.next_id - len(ends)``), so a reader's output can
+    be leased a part at a time, each part with its exact resume position.
+    """
 
     items: list[tuple[int, Any]]
     errors: list[tuple[int, str]]
     position: Position
+    ends: list[int] = field(default_factory=list, compare=False)
 
 
 class Reader(abc.ABC):
@@ -187,7 +193,7 @@ class AppendOnlyFile:
             self._file.close()
             self._file = None
 
-    def _append(self, data: bytes) -> int:
+    def append(self, data: bytes) -> int:
         """One write of ``data``, flushed and fsynced before the offset is handed out."""
         if self._file is None:
             raise FormatError(f"{self.path} is not open for writing")
@@ -228,5 +234,14 @@ class Writer(AppendOnlyFile, abc.ABC):
     """Appends results; the returned offset is what the server commits to Redis."""
 
     @abc.abstractmethod
+    def encode(self, items: list[tuple[int, Any]]) -> tuple[bytes, list[tuple[int, str]]]:
+        """The bytes that append ``items`` (in order), and the items that cannot be written.
+
+        Encoding may move the writer's own state on (a CSV header is due once), so the
+        bytes must be appended, in order, before the next ``encode``.
+        """
+
     def write(self, items: list[tuple[int, Any]]) -> tuple[int, list[tuple[int, str]]]:
         """Encode all items, append the good ones at once; return (new offset, failures)."""
+        data, failures = self.encode(items)
+        return self.append(data), failures

@@ -134,6 +134,7 @@ class CsvReader(Reader):
         assert self._lines is not None
         items: list[tuple[int, Any]] = []
         errors: list[tuple[int, str]] = []
+        ends: list[int] = []
         while len(items) < n and len(errors) < self.max_errors:
             before = self._lines.consumed
             self._lines.start_row()
@@ -151,13 +152,14 @@ class CsvReader(Reader):
             if self._lines.consumed == before:
                 break
             record_id, self._next_id = self._next_id, self._next_id + 1
+            ends.append(self._lines.consumed)
             reason = row if isinstance(row, str) else self._problem(row)
             if reason:
                 errors.append((record_id, reason))
             else:
                 items.append((record_id, dict(zip(self._header, row, strict=True))))
         self._offset = self._lines.consumed
-        return Chunk(items, errors, Position(self._next_id, self._offset))
+        return Chunk(items, errors, Position(self._next_id, self._offset), ends)
 
     def _problem(self, row: list[str]) -> str | None:
         assert self._lines is not None
@@ -228,7 +230,7 @@ class CsvWriter(Writer):
             raise FormatError(f"{self.path} does not start with a Planchet CSV header")
         return header[1:]
 
-    def write(self, items: list[tuple[int, Any]]) -> tuple[int, list[tuple[int, str]]]:
+    def encode(self, items: list[tuple[int, Any]]) -> tuple[bytes, list[tuple[int, str]]]:
         encoded: list[bytes] = []
         failures: list[tuple[int, str]] = []
         for item_id, item in items:
@@ -239,9 +241,8 @@ class CsvWriter(Writer):
         if encoded and not self._header_written:
             assert self._fields is not None
             encoded.insert(0, self._encode(["id", *self._fields]))
-        offset = self._append(b"".join(encoded))
         self._header_written = self._header_written or bool(encoded)
-        return offset, failures
+        return b"".join(encoded), failures
 
     def _values(self, item: Any) -> list[str]:
         if isinstance(item, dict):

@@ -28,5 +28,10 @@ class ErrorLog(AppendOnlyFile):
 
     def write(self, records: list[tuple[int, str, int | None]]) -> int:
         """Append the failures in one fsynced write; return the new offset."""
-        lines = [_line(record_id, str(error), attempts) for record_id, error, attempts in records]
-        return self._append(b"\n".join(lines) + b"\n" if lines else b"")
+        return self.append(encode_errors(records))
+
+
+def encode_errors(records: list[tuple[int, str, int | None]]) -> bytes:
+    """The error-file lines for ``records``, ready to append."""
+    lines = [_line(record_id, str(error), attempts) for record_id, error, attempts in records]
+    return b"\n".join(lines) + b"\n" if lines else b""

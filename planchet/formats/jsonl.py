@@ -30,6 +30,7 @@ class JsonlReader(Reader):
         self._opened()
         items: list[tuple[int, Any]] = []
         errors: list[tuple[int, str]] = []
+        ends: list[int] = []
         while len(items) < n and len(errors) < self.max_errors:
             at_start = self._offset == 0
             line, size = self._next_line()
@@ -38,6 +39,7 @@ class JsonlReader(Reader):
             record_id = self._next_id
             self._next_id += 1
             self._offset += size
+            ends.append(self._offset)
             if line is None:
                 errors.append((record_id, f"line longer than {self.max_line_bytes} bytes"))
                 continue
@@ -47,7 +49,7 @@ class JsonlReader(Reader):
                 items.append((record_id, parse_line(line)))
             except ValueError as exc:
                 errors.append((record_id, str(exc)))
-        return Chunk(items, errors, Position(self._next_id, self._offset))
+        return Chunk(items, errors, Position(self._next_id, self._offset), ends)
 
     def _next_line(self) -> tuple[bytes | None, int]:
         """The next line and its size in bytes; a line over the cap is read past in
@@ -83,7 +85,7 @@ def parse_line(line: bytes) -> Any:
 class JsonlWriter(Writer):
     """Writes ``{"id": id, "item": item}`` per line so each result keeps its provenance."""
 
-    def write(self, items: list[tuple[int, Any]]) -> tuple[int, list[tuple[int, str]]]:
+    def encode(self, items: list[tuple[int, Any]]) -> tuple[bytes, list[tuple[int, str]]]:
         lines: list[bytes] = []
         failures: list[tuple[int, str]] = []
         for item_id, item in items:
@@ -91,5 +93,4 @@ class JsonlWriter(Writer):
                 lines.append(orjson.dumps({"id": item_id, "item": item}))
             except orjson.JSONEncodeError as exc:
                 failures.append((item_id, f"cannot encode as JSON: {exc}"))
-        data = b"\n".join(lines) + b"\n" if lines else b""
-        return self._append(data), failures
+        return (b"\n".join(lines) + b"\n" if lines else b""), failures

@@ -1,0 +1,104 @@
+"""Group commit: the work of many steps shares one file append, one fsync, one transaction.
+
+A job's steps (lease, settle, release, expire) change its memory at once, without
+waiting, and add what must be made durable to the open ``Group``: output and error
+bytes, and the Redis ``Change``. One committer task per job flushes a group at a time;
+whatever steps arrive meanwhile gather in the next group. So throughput grows with the
+load instead of being one step per fsync, and the rules stay those of a single step:
+
+* a group's bytes are appended and fsynced before the transaction that names their
+  offsets, and its Redis changes are one MULTI/EXEC, in the order the steps made them;
+* a step is answered only once its group is committed;
+* if a flush fails, that group and every later one fail with it, and the job must be
+  reopened from Redis and the files: memory that ran ahead of them is thrown away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from .store import Change
+
+
+@dataclass
+class Group:
+    """What a run of steps must make durable together."""
+
+    change: Change = field(default_factory=Change)
+    output: list[bytes] = field(default_factory=list)
+    errors: list[bytes] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # once committed
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+Flush = Callable[[Group], Awaitable[None]]
+
+
+class Committer:
+    """Flushes one group at a time; ``current`` is where steps add their changes."""
+
+    def __init__(self, seal: Callable[[Group], None], flush: Flush,
+                 failed: Callable[[BaseException], None], name: str) -> None:
+        self._seal = seal  # adds what the group's steps left in memory (counters)
+        self._flush = flush
+        self._failed = failed
+        self._open: Group | None = None
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._failure: BaseException | None = None
+        self._task = asyncio.create_task(self._run(), name=f"commit {name}")
+
+    def current(self) -> Group:
+        """The group that collects changes now; its ``done`` resolves when committed."""
+        if self._open is None:
+            self._open = Group()
+            if self._failure is not None or self._task.done():
+                self._open.done.set_exception(self._failure or _Stopped())
+            self._wake.set()
+        return self._open
+
+    async def wait(self, group: Group) -> None:
+        await asyncio.shield(group.done)
+
+    async def _run(self) -> None:
+        while True:
+            if self._open is None:
+                if self._stopped:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            group, self._open = self._open, None
+            self._seal(group)
+            try:
+                await self._flush(group)
+            except BaseException as exc:
+                self._fail(exc, group)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            group.done.set_result(None)
+            for action in group.after:
+                action()
+
+    def _fail(self, exc: BaseException, group: Group) -> None:
+        self._failure = exc
+        for failed in (group, self._open):
+            if failed is not None and not failed.done.done():
+                failed.done.set_exception(exc)
+        self._failed(exc)
+
+    async def stop(self) -> None:
+        """Commit what is open, then stop; a flush in progress is never cut short."""
+        self._stopped = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await self._task
+
+
+class _Stopped(Exception):
+    """The job was reopened or closed before this group could be committed."""
