@@ -26,8 +26,9 @@ from .formats import check_regular
 from .jobs import Job
 from .messages import StartJob
 from .spec import JobSpec, build_spec
-from .state import PAUSED, RUNNING, Fault, JobState, Watcher
+from .state import PAUSED, RUNNING, Fault, JobState
 from .store import Store
+from .writeonly import new_job
 
 log = logging.getLogger("planchet")
 
@@ -68,7 +69,7 @@ class Admin:
             await job.close()
 
     def _job(self, spec: JobSpec) -> Job:
-        return Job(spec, self.store, root=self.settings.data_dir)
+        return new_job(spec, self.store, root=self.settings.data_dir)
 
     def get(self, name: str) -> Job:
         job = self.jobs.get(name)
@@ -85,8 +86,7 @@ class Admin:
                 if job.broken and job.broken.recoverable:
                     await self._reopen(job)
                 elif not job.broken:
-                    for owner in await job.expire():
-                        _stall(owner)
+                    await job.expire()
             except PlanchetError as exc:
                 log.warning("maintenance of %s: %s", job.name, exc)
 
@@ -217,12 +217,6 @@ class Admin:
         self.keys.jobs.pop(job.name, None)
         self._retry.pop(job.name, None)
         job.end("deleted")
-
-
-def _stall(owner: Watcher) -> None:
-    stall = getattr(owner, "stall", None)
-    if stall is not None:
-        stall()  # hung: feed it nothing more to expire until it speaks again
 
 
 __all__ = ["Admin", "JobState"]

@@ -3,16 +3,14 @@
 The rules that keep every item exactly once in the output:
 
 * Items move between *unread* (the file past the cursor), *queued*, *leased* and
-  *written*/*failed* only inside one Redis transaction (``Store.apply``).
-* Output and error files are appended and fsynced *before* the transaction that
-  commits their new offsets; ``open`` truncates them back to the committed offsets, so
-  bytes written by a step that did not commit disappear with the step.
-* ``open`` also puts every lease back in the queue: after a server or Redis restart no
-  lease has a live owner. That one recovery path serves every kind of crash.
-* A step that fails, for any reason and with any exception, leaves the job *broken*:
-  it serves nothing until ``open`` has reloaded it from Redis and the files, so it
-  never goes on from half-changed memory (a reader that moved past a chunk whose
-  commit failed, say).
+  *written*/*failed* only by changes that Redis commits atomically (``commit``: a
+  group of steps is one MULTI/EXEC), after the files they name are fsynced.
+* Each step changes memory at once and is answered once its group is committed, so
+  steps never wait on each other's disk or Redis round trips: they share them.
+* ``open`` truncates the files back to the committed offsets and puts every lease back
+  in the queue: after a crash no lease has a live owner. That one recovery path serves
+  every kind of failure: a step or a commit that fails, for any reason, leaves the job
+  *broken* until ``open`` has reloaded it; memory that ran ahead is thrown away.
 * A late or duplicate result names a lease or an id that is no longer leased, and is
   dropped: the first accepted result wins.
 """
@@ -24,20 +22,23 @@ import collections
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from .commit import Committer, Group
 from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
-from .formats import ErrorLog, Position, Reader, Writer, get_reader, get_writer
+from .formats.errorlog import encode_errors
+from .jobfiles import JobFiles
 from .messages import Ack, Item, ItemError
-from .report import job_report
+from .readahead import Closed, ReadAhead, Record
+from .report import Rate, job_report
 from .spec import JobSpec
-from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Outcome, Watcher
+from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Unusable, Watcher
 from .store import LeasedItem, Store, pack, pack_leased
 
 log = logging.getLogger("planchet")
-T = TypeVar("T")
+
+Dead = tuple[int, str, int | None]  # id, why, attempts
 
 
 class Job:
@@ -46,17 +47,22 @@ class Job:
         self.store = store
         self.root = root  # the data dir: every file is checked to be inside it when opened
         self.name = spec.name
-        self.lock = asyncio.Lock()
         self.watchers: set[Watcher] = set()
         self.leases: dict[str, Lease] = {}  # in the order they were leased
+        self.queue: collections.deque[tuple[bytes, list[LeasedItem]]] = collections.deque()
         self.state = RUNNING
         self.broken: Broken | None = Broken(Fault.NOT_OPENED, "not opened yet")
-        self.reader: Reader | None = None
-        self.writer: Writer | None = None
-        self.errors: ErrorLog | None = None
+        self.files = JobFiles(spec, root)
+        self.ahead: ReadAhead | None = None
         self.counts: dict[str, int] = {}
-        self.queued = 0
-        self._history: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+        self._committer: Committer | None = None
+        self._finishing: Group | None = None  # the group that commits ``done``
+        self._opening = asyncio.Lock()
+        self.rate = Rate()  # items settled per second, recently
+
+    @property
+    def queued(self) -> int:
+        return sum(len(items) for _, items in self.queue)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -66,9 +72,9 @@ class Job:
         A job whose last step committed but whose ``done`` did not (a crash in between)
         is finished here, since no later step would notice.
         """
-        async with self.lock:
-            self._forget_leases()
-            await asyncio.to_thread(self._close_files)
+        async with self._opening:
+            self.broken = Broken(Fault.NOT_OPENED, "reopening")
+            await self._stop()
             try:
                 await self._load()
             except Exception as exc:
@@ -79,54 +85,48 @@ class Job:
     async def _load(self) -> None:
         record = await self.store.load_job(self.name)
         if record is None:  # opening would cut the output back to nothing
-            raise _Unusable("its state is gone from Redis")
+            raise Unusable("its state is gone from Redis")
         queue = await self.store.requeue_all_leases(self.name)
-        self.queued = sum(len(batch) for batch in queue)
+        self.queue = collections.deque((pack(batch), batch) for batch in queue)
         self.state = JobState(record.state)
         self.counts = dict(record.counts)
         if self.state != DONE:
-            await asyncio.to_thread(self._open_files)  # never block the loop on a file
+            await asyncio.to_thread(self.files.open, self.counts)  # never block the loop
+        self._committer = Committer(self._seal, self._flush, self._break, self.name)
+        if self.files.reader is not None:
+            self.ahead = ReadAhead(self.files.reader, self.counts["offset"], self._ahead_changed)
         self.broken = None
-        self._history.clear()
-        await self._check_done()
+        self._finishing = None
+        self.rate.clear()
+        finishing = self._check_done()
+        if finishing is not None:
+            await self._wait(finishing)
 
-    def _open_files(self) -> None:
-        spec, root = self.spec, self.root
-        try:
-            if spec.reader and not self.counts["exhausted"]:
-                self.reader = get_reader(spec.reader)(Path(spec.input_path or ""), spec.metadata,
-                                                      root=root)
-                self.reader.open(Position(self.counts["next_id"], self.counts["offset"]))
-            if spec.writer and spec.mode != "read":
-                self.writer = get_writer(spec.writer)(Path(spec.output_path or ""), spec.metadata,
-                                                      root=root)
-                self.writer.open(self.counts["out_offset"])
-            self.errors = ErrorLog(Path(spec.error_path), root=root)
-            self.errors.open(self.counts["err_offset"])
-        except BaseException:
-            self._close_files()
-            raise
-
-    def _close_files(self) -> None:
-        for f in (self.reader, self.writer, self.errors):
-            if f is not None:
-                f.close()
-        self.reader = self.writer = self.errors = None
-
-    def _forget_leases(self) -> None:
+    async def _stop(self) -> None:
+        """Let the pipeline finish what it is doing, then forget memory and close files."""
+        if self._committer is not None:
+            await self._committer.stop()
+        if self.ahead is not None:
+            await self.ahead.close()
+        self._committer = self.ahead = None
         for lease in self.leases.values():
             lease.owner.leases.discard(lease.id)
         self.leases.clear()
+        self.queue.clear()
+        self._forget()
+        await asyncio.to_thread(self.files.close)
+
+    def _forget(self) -> None:
+        """Drop memory of work in progress, kept by a subclass (reloaded by ``open``)."""
 
     async def close(self) -> None:
         """Stop the job for good (deleted, replaced, server stopping): no step after this.
 
         Watchers are not woken here: ``end`` tells them once the removal is certain.
         """
-        async with self.lock:
-            self._forget_leases()
-            await asyncio.to_thread(self._close_files)
+        async with self._opening:
             self.broken = Broken(Fault.CLOSED, "closed")
+            await self._stop()
 
     def end(self, event: str) -> None:
         """Tell the watchers of a closed job why (``deleted``), and wake them to leave."""
@@ -134,12 +134,13 @@ class Job:
         self._notify()
 
     async def set_state(self, state: JobState) -> None:
-        async with self.lock:
-            if self.state == DONE:
-                return
-            await self._step(self.store.update_job(self.name, {"state": state}))
-            self.state = state
-            self._notify()
+        if self.state == DONE:
+            return
+        group = self._group()
+        group.change.fields["state"] = state
+        self.state = state
+        self._notify()
+        await self._wait(group)
 
     @property
     def done(self) -> bool:
@@ -157,85 +158,142 @@ class Job:
         for watcher in list(self.watchers):
             watcher.wake()
 
-    # --- failure: any exception in a step breaks the job until ``open`` ---------------
+    # --- failure: anything that fails breaks the job until ``open`` ---------------------
 
-    async def _step(self, work: Awaitable[T]) -> T:
-        """Await part of a step; if it fails, in any way, break the job and raise."""
+    def _group(self) -> Group:
+        if self._committer is None:
+            raise Unavailable(f"job {self.name} cannot change now: {self.broken}")
+        return self._committer.current()
+
+    async def _wait(self, group: Group) -> None:
+        """Wait for ``group`` to be committed; if it is not, nothing of it was taken."""
+        assert self._committer is not None
         try:
-            return await work
+            await self._committer.wait(group)
         except Exception as exc:
-            self._break(exc)
             raise self._as_error(exc) from exc
 
     def _break(self, exc: BaseException, opening: bool = False) -> None:
-        if isinstance(exc, Unavailable):
-            self.broken = Broken(Fault.STORAGE, f"storage failed: {exc}")
-        elif isinstance(exc, _Unusable) or (opening and isinstance(exc, PlanchetError)):
-            self.broken = Broken(Fault.UNUSABLE, str(exc))
-        else:
-            if not isinstance(exc, PlanchetError):
-                log.error("job %s: a step failed; reopening it from its last commit",
-                          self.name, exc_info=exc)
-            self.broken = Broken(Fault.STEP, f"a step failed ({type(exc).__name__}: {exc})")
+        if self.closed:
+            return
+        self.broken = Broken.by(exc, opening)
+        if self.broken.kind is Fault.STEP and not isinstance(exc, PlanchetError):
+            log.error("job %s: a step failed; reopening it from its last commit", self.name,
+                      exc_info=exc)
+        self._notify()
 
     def _as_error(self, exc: BaseException) -> PlanchetError:
-        assert self.broken is not None
-        if self.broken.kind is Fault.UNUSABLE:
+        if self.broken is not None and self.broken.kind is Fault.UNUSABLE:
             return exc if isinstance(exc, PlanchetError) else ServerError(str(exc))
         # nothing of the step was taken; its items come back when the job reloads
-        return Unavailable(f"job {self.name}: {self.broken}")
+        return Unavailable(f"job {self.name}: {self.broken or 'reopened meanwhile'}")
+
+    # --- committing -----------------------------------------------------------------------
+
+    def _seal(self, group: Group) -> None:
+        """Close a group: the counters it commits are memory's as its last step left them."""
+        c = self.counts
+        group.change.fields.update({k: c[k] for k in ("next_id", "offset", "exhausted",
+                                                      "written", "failed")})
+
+    async def _flush(self, group: Group) -> None:
+        offsets = self.counts["out_offset"], self.counts["err_offset"]
+        out, err = await asyncio.to_thread(self.files.append, group.output, group.errors, offsets)
+        group.change.fields.update(out_offset=out, err_offset=err)
+        await self.store.commit(self.name, group.change)
+        self.counts.update(out_offset=out, err_offset=err)
+        self.rate.add(self.counts["written"] + self.counts["failed"])
+
+    def _log_dead(self, group: Group, dead: list[Dead]) -> None:
+        if dead:
+            group.errors.append(encode_errors(dead))
+            self.counts["failed"] += len(dead)
 
     # --- serving ----------------------------------------------------------------------
+
+    def _serving(self) -> bool:
+        return self.state == RUNNING and not self.broken and self.spec.mode != "write"
 
     async def lease(self, owner: Watcher, batch_size: int) -> Lease | None:
         """Lease the next batch to ``owner``: queued items first, then the file.
 
         ``None`` means nothing to serve now (paused, done, broken, or all in flight).
         """
-        async with self.lock:
-            while self.state == RUNNING and not self.broken and self.spec.mode != "write":
-                lease_id = secrets.token_hex(8)
-                if self.queued and (
-                    queued := await self._step(self.store.take_queued(self.name, lease_id))
-                ):
-                    self.queued -= len(queued)
-                    return self._hold(lease_id, queued, owner)
-                if self.counts["exhausted"]:
+        while self._serving():
+            if not self.queue:
+                ahead = self.ahead
+                if ahead is None or self.counts["exhausted"]:
+                    if self._finishing is not None:  # answer once ``done`` is committed
+                        await self._wait(self._finishing)
                     return None
-                items = await self._step(self._read(lease_id, batch_size))
-                if items:
-                    return self._hold(lease_id, items, owner)
-            return None
+                if not ahead.has(batch_size):
+                    await self._ready(ahead, batch_size)
+                    continue  # the job may have changed while it waited
+            group = self._group()
+            lease = self._lease_queued(group, owner) or self._lease_fresh(group, owner, batch_size)
+            self._check_done()
+            await self._wait(group)
+            if lease is not None:
+                return lease if lease.id in self.leases else None
+        return None
 
-    def _hold(self, lease_id: str, items: list[LeasedItem], owner: Watcher) -> Lease:
+    async def _ready(self, ahead: ReadAhead, batch_size: int) -> None:
+        try:
+            await ahead.ready(batch_size)
+        except Closed:
+            pass  # reopened or closed meanwhile: the loop looks again
+        except Exception as exc:
+            self._break(exc)
+            raise self._as_error(exc) from exc
+
+    def _lease_queued(self, group: Group, owner: Watcher) -> Lease | None:
+        if not self.queue:
+            return None
+        blob, items = self.queue.popleft()
+        group.change.queue.append(None)
+        return self._hold(group, blob, items, owner)
+
+    def _lease_fresh(self, group: Group, owner: Watcher, n: int) -> Lease | None:
+        ahead = self.ahead
+        if ahead is None or self.counts["exhausted"]:
+            return None
+        records = ahead.take(n)
+        if ahead.drained:
+            self.counts["exhausted"] = 1
+        if not records:
+            return None
+        last: Record = records[-1]
+        self.counts["next_id"], self.counts["offset"] = last.id + 1, last.end
+        blob, items, unencodable = pack_leased(
+            [(r.id, r.item) for r in records if r.error is None])
+        bad = [(r.id, r.error, 0) for r in records if r.error is not None]
+        self._log_dead(group, [*bad, *[(i, why, 0) for i, why in unencodable]])
+        return self._hold(group, blob, items, owner) if items else None
+
+    def _hold(self, group: Group, blob: bytes, items: list[LeasedItem], owner: Watcher) -> Lease:
         lease = Lease(
-            lease_id,
+            secrets.token_hex(8),
             {i: (item, attempts) for i, item, attempts in items},
             owner,
             time.monotonic() + self.spec.lease_timeout,
             time.monotonic(),
         )
-        self.leases[lease_id] = lease
-        owner.leases.add(lease_id)
+        self.leases[lease.id] = lease
+        owner.leases.add(lease.id)
+        group.change.leases[lease.id] = blob
         return lease
 
-    async def _read(self, lease_id: str, batch_size: int) -> list[LeasedItem]:
-        """Read a chunk, log its bad lines, and lease its items, in one commit."""
-        assert self.reader is not None
-        chunk = await asyncio.to_thread(self.reader.read, batch_size)  # big lines: off the loop
-        blob, items, unencodable = pack_leased(chunk.items)
-        outcome = Outcome()
-        outcome.dead = [(i, reason, 0) for i, reason in [*chunk.errors, *unencodable]]
-        outcome.change.fields = {"next_id": chunk.position.next_id, "offset": chunk.position.offset}
-        if not chunk.items and not chunk.errors:
-            outcome.change.fields["exhausted"] = 1
-        if items:
-            outcome.change.put_lease = (lease_id, blob)
-        await self._commit(outcome)
-        if self.counts["exhausted"]:
-            self.reader.close()
-            await self._check_done()
-        return items
+    def _ahead_changed(self) -> None:
+        """The read-ahead found the end of the file (or failed): finish, or tell waiters."""
+        ahead = self.ahead
+        if ahead is None or self.broken:
+            return
+        if ahead.failure is not None:
+            self._break(ahead.failure)
+        elif ahead.drained and not self.counts["exhausted"]:
+            self.counts["exhausted"] = 1
+            self._group()  # commits the flag
+            self._check_done()
 
     # --- results and failures -----------------------------------------------------------
 
@@ -243,102 +301,82 @@ class Job:
         self, lease_id: str | None, results: list[Item], errors: list[ItemError]
     ) -> Ack:
         """Take a worker's results for (part of) a lease: write, retry or fail each item."""
-        async with self.lock:
-            if lease_id is None:
-                if self.spec.mode != "write":
-                    raise BadRequest("a result needs a lease, except in a write-only job")
-                if self.broken:
-                    raise Unavailable(f"job {self.name} cannot take results now: {self.broken}")
-                return await self._step(self._write_unleased(results, errors))
-            lease = self.leases.get(lease_id)
-            if lease is None or self.broken:
-                return Ack(job=self.name, lease=lease_id, dropped=len(results) + len(errors))
-            return await self._step(self._settle(lease, results, errors))
-
-    async def _settle(self, lease: Lease, results: list[Item], errors: list[ItemError]) -> Ack:
+        if lease_id is None:
+            return await self._settle_unleased(results, errors)
+        lease = self.leases.get(lease_id)
+        if lease is None or self.broken:
+            return Ack(job=self.name, lease=lease_id, dropped=len(results) + len(errors))
+        group = self._group()
         pending = dict(lease.items)
         accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]
-        outcome = Outcome()
+        dead: list[Dead] = []
+        requeue: list[LeasedItem] = []
         failing = [(e, pending.pop(e.id)) for e in errors if e.id in pending]
         for err, entry in failing:
-            self._fail_item(outcome, err.id, entry, err.message, err.retry)
-        written = await self._write(outcome, accepted, lease.items)
-        if pending:
-            outcome.change.put_lease = (lease.id, pack(_packed(pending)))
-        else:
-            outcome.change.drop_lease = lease.id
-        await self._commit(outcome)
+            self._fail_item(requeue, dead, err.id, entry, err.message, err.retry)
+        written = self._write(group, dead, accepted, lease.items)
+        self._requeue(group, requeue)
+        self._log_dead(group, dead)
         lease.items = pending
-        if not pending:
-            self._end(lease)
-        await self._check_done()
-        return Ack(
-            job=self.name,
-            lease=lease.id,
-            written=written,
-            retried=len(outcome.change.requeue),
-            failed=len(outcome.dead),
-            dropped=len(results) + len(errors) - len(accepted) - len(failing),
-        )
+        if pending:
+            group.change.leases[lease.id] = pack(_packed(pending))
+        else:
+            self._end(group, lease)
+        self._check_done()
+        await self._wait(group)
+        return Ack(job=self.name, lease=lease_id, written=written, retried=len(requeue),
+                   failed=len(dead),
+                   dropped=len(results) + len(errors) - len(accepted) - len(failing))
 
-    async def _write(self, outcome: Outcome, accepted: list[Item],
-                     leased: dict[int, tuple[Any, int]]) -> int:
-        """Append accepted results to the output (a read-only job just counts them)."""
+    def _write(self, group: Group, dead: list[Dead], accepted: list[Item],
+               leased: dict[int, tuple[Any, int]]) -> int:
+        """Encode accepted results for the output (a read-only job just counts them)."""
         written = len(accepted)
-        if accepted and self.writer is not None:
-            offset, bad = await asyncio.to_thread(self.writer.write, accepted)
-            outcome.change.fields["out_offset"] = offset
-            outcome.dead += [(i, f"cannot write result: {why}", leased[i][1] + 1) for i, why in bad]
+        if accepted and self.files.writer is not None:
+            data, bad = self.files.writer.encode(accepted)
+            group.output.append(data)
+            dead += [(i, f"cannot write result: {why}", leased[i][1] + 1) for i, why in bad]
             written -= len(bad)
-        outcome.change.fields["written"] = self.counts["written"] + written
+        self.counts["written"] += written
         return written
 
-    async def _write_unleased(self, results: list[Item], errors: list[ItemError]) -> Ack:
-        """A write-only job takes items that were never leased; each id settles once."""
-        unique: dict[int, Any] = {}
-        for i, item in results:
-            unique.setdefault(i, item)  # the first result for an id wins; order is kept
-        failing: dict[int, str] = {}
-        for err in errors:
-            if err.id not in unique:  # a result beats an error for the same id
-                failing.setdefault(err.id, err.message)
-        ids = [*unique, *failing]
-        fresh = dict(zip(ids, await self.store.new_ids(self.name, ids), strict=True))
-        accepted = [(i, item) for i, item in unique.items() if fresh[i]]
-        outcome = Outcome()
-        written = await self._write(outcome, accepted, {i: (None, 0) for i in unique})
-        outcome.dead += [(i, why, 1) for i, why in failing.items() if fresh[i]]
-        outcome.change.settled_ids = [i for i in ids if fresh[i]]  # written or failed: settled
-        await self._commit(outcome)
-        return Ack(job=self.name, lease=None, written=written, failed=len(outcome.dead),
-                   dropped=len(results) + len(errors) - len(outcome.change.settled_ids))
+    async def _settle_unleased(self, results: list[Item], errors: list[ItemError]) -> Ack:
+        raise BadRequest("a result needs a lease, except in a write-only job")
 
-    def _fail_item(self, outcome: Outcome, item_id: int, entry: tuple[Any, int],
-                   reason: str, retry: bool = True) -> None:
+    def _fail_item(self, requeue: list[LeasedItem], dead: list[Dead], item_id: int,
+                   entry: tuple[Any, int], reason: str, retry: bool = True) -> None:
         item, attempts = entry
         attempts += 1
         if retry and attempts < self.spec.max_attempts:
-            outcome.change.requeue.append((item_id, item, attempts))
+            requeue.append((item_id, item, attempts))
         else:
-            outcome.dead.append((item_id, reason, attempts))
+            dead.append((item_id, reason, attempts))
 
-    async def _fail_lease(self, lease: Lease, reason: str, charge: bool = True) -> None:
-        """End a lease its owner did not settle; ``charge`` counts it as a failed attempt."""
-        outcome = Outcome()
-        for item_id, (item, attempts) in lease.items.items():
-            if charge:
-                self._fail_item(outcome, item_id, (item, attempts), reason)
-            else:
-                outcome.change.requeue.append((item_id, item, attempts))
-        outcome.change.drop_lease = lease.id
-        await self._commit(outcome)
-        self._end(lease)
-        await self._check_done()
+    def _requeue(self, group: Group, items: list[LeasedItem]) -> None:
+        if items:
+            blob = pack(items)
+            self.queue.append((blob, items))
+            group.change.queue.append(blob)
+            self._notify()
 
-    def _end(self, lease: Lease) -> None:
+    def _end(self, group: Group, lease: Lease) -> None:
         del self.leases[lease.id]
+        group.change.leases[lease.id] = None
         lease.owner.leases.discard(lease.id)
         lease.owner.wake()
+
+    def _fail_lease(self, group: Group, lease: Lease, reason: str, charge: bool) -> None:
+        """End a lease its owner did not settle; ``charge`` counts it as a failed attempt."""
+        requeue: list[LeasedItem] = []
+        dead: list[Dead] = []
+        for item_id, (item, attempts) in lease.items.items():
+            if charge:
+                self._fail_item(requeue, dead, item_id, (item, attempts), reason)
+            else:
+                requeue.append((item_id, item, attempts))
+        self._requeue(group, requeue)
+        self._log_dead(group, dead)
+        self._end(group, lease)
 
     async def release(self, owner: Watcher, crashed: bool = True, grace: float = 0.0) -> None:
         """Give back every lease of ``owner`` (its connection ended): requeue at once.
@@ -350,69 +388,53 @@ class Job:
         go fail nothing. A clean goodbye, or a server shutting down, charges nothing.
         """
         worked = time.monotonic() - grace
-        async with self.lock:
-            for n, lease in enumerate([le for le in self.leases.values() if le.owner is owner]):
-                if self.broken:
-                    return  # ``open`` will requeue it from Redis
-                charge = crashed and n == 0 and lease.given <= worked
-                await self._step(self._fail_lease(lease, "worker disconnected", charge))
+        held = [le for le in self.leases.values() if le.owner is owner]
+        if not held or self.broken:
+            return  # a broken job's ``open`` requeues them from Redis
+        group = self._group()
+        for n, lease in enumerate(held):
+            charge = crashed and n == 0 and lease.given <= worked
+            self._fail_lease(group, lease, "worker disconnected", charge=charge)
+        self._check_done()
+        await self._wait(group)
 
     async def expire(self, now: float | None = None) -> list[Watcher]:
         """Requeue leases past their deadline (a hung worker); return their owners."""
         now = time.monotonic() if now is None else now
-        async with self.lock:
-            expired = [le for le in self.leases.values() if le.deadline <= now]
-            for lease in expired:
-                if self.broken:
-                    break
-                reason = f"lease expired after {self.spec.lease_timeout}s"
-                await self._step(self._fail_lease(lease, reason))
-            return [lease.owner for lease in expired]
+        expired = [le for le in self.leases.values() if le.deadline <= now]
+        if not expired or self.broken:
+            return []
+        group = self._group()
+        for lease in expired:
+            lease.owner.stall()  # hung: before anything wakes it, so it is fed no more
+            reason = f"lease expired after {self.spec.lease_timeout}s"
+            self._fail_lease(group, lease, reason, charge=True)
+        self._check_done()
+        await self._wait(group)
+        return [lease.owner for lease in expired]
 
-    async def _commit(self, outcome: Outcome) -> None:
-        """Log dead items, then commit the step; memory changes only after Redis has."""
-        change = outcome.change
-        if outcome.dead:
-            assert self.errors is not None
-            offset = await asyncio.to_thread(self.errors.write, outcome.dead)
-            change.fields["err_offset"] = offset
-            change.fields["failed"] = self.counts["failed"] + len(outcome.dead)
-        await self.store.apply(self.name, change)
-        for key, value in change.fields.items():
-            self.counts[key] = int(value)
-        self.queued += len(change.requeue)
-        if change.requeue:
-            self._notify()
-        self._history.append((time.monotonic(), self.counts["written"] + self.counts["failed"]))
-
-    async def _check_done(self) -> None:
+    def _check_done(self) -> Group | None:
+        """Once nothing is left to serve, commit ``done``; memory says so once committed."""
         if (
-            self.state != DONE
-            and self.spec.mode != "write"
-            and self.counts["exhausted"]
-            and not self.leases
-            and not self.queued
+            self.state == DONE or self._finishing is not None or self.spec.mode == "write"
+            or not self.counts["exhausted"] or self.leases or self.queue
         ):
-            await self.store.update_job(self.name, {"state": DONE})
-            self.state = DONE
-            self._close_files()
-            self._notify()
+            return None
+        group = self._finishing = self._group()
+        group.change.fields["state"] = DONE
+        group.after.append(self._finish)
+        return group
+
+    def _finish(self) -> None:
+        self.state = DONE
+        self.files.close()
+        self._notify()
 
     # --- reporting ----------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
         return job_report(self)
 
-    def rate(self) -> float:
-        """Items settled per second over the recent past (up to 120 steps)."""
-        if len(self._history) < 2:
-            return 0.0
-        (t0, n0), (t1, n1) = self._history[0], self._history[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-class _Unusable(ServerError):
-    """The job cannot be opened as it is; an operator must act."""
 
 
 def _packed(items: dict[int, tuple[Any, int]]) -> list[LeasedItem]:

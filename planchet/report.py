@@ -6,6 +6,8 @@ new ones, for old scripts.
 
 from __future__ import annotations
 
+import collections
+import time
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import PlanchetError
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 def job_report(job: Job) -> dict[str, Any]:
     c = job.counts
     in_flight = sum(len(le.items) for le in job.leases.values())
-    rate = job.rate()
+    rate = job.rate.per_second()
     size = _input_size(job)
     remaining = in_flight + job.queued
     if c and not c["exhausted"] and c["offset"]:
@@ -45,11 +47,31 @@ def job_report(job: Job) -> dict[str, Any]:
     }
 
 
+class Rate:
+    """Items settled per second over the recent past (the last 120 commits)."""
+
+    def __init__(self) -> None:
+        self._history: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+
+    def add(self, settled: int) -> None:
+        self._history.append((time.monotonic(), settled))
+
+    def clear(self) -> None:
+        self._history.clear()
+
+    def per_second(self) -> float:
+        if len(self._history) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._history[0], self._history[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def _input_size(job: Job) -> int:
     """A read-out file is closed and may be gone: its size is what was read."""
-    if job.reader and not job.counts["exhausted"]:
+    reader = job.files.reader
+    if reader and not job.counts["exhausted"]:
         try:
-            return job.reader.size()
+            return reader.size()
         except PlanchetError:
             pass
     return job.counts.get("offset", 0)

@@ -6,10 +6,10 @@ No behaviour lives here; ``jobs`` acts on these values, ``admin`` and ``report``
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .store import Change
+from .exceptions import PlanchetError, ServerError, Unavailable
 
 
 class JobState(enum.StrEnum):
@@ -39,6 +39,16 @@ class Broken:
     def __str__(self) -> str:
         return self.reason
 
+    @classmethod
+    def by(cls, exc: BaseException, opening: bool = False) -> Broken:
+        """What a failure means for a job: Redis failed; the job cannot be opened as it is
+        (a file problem while opening); or a step failed (anything else, a bug included)."""
+        if isinstance(exc, Unavailable):
+            return cls(Fault.STORAGE, f"storage failed: {exc}")
+        if isinstance(exc, Unusable) or (opening and isinstance(exc, PlanchetError)):
+            return cls(Fault.UNUSABLE, str(exc))
+        return cls(Fault.STEP, f"a step failed ({type(exc).__name__}: {exc})")
+
     @property
     def recoverable(self) -> bool:
         """Maintenance reopens the job by itself (storage back, or a step to retry)."""
@@ -54,6 +64,8 @@ class Watcher(Protocol):
 
     def tell(self, event: str) -> None: ...
 
+    def stall(self) -> None: ...  # its lease expired: feed it nothing until it speaks again
+
 
 @dataclass
 class Lease:
@@ -64,9 +76,5 @@ class Lease:
     given: float = 0.0  # when it was leased (time.monotonic)
 
 
-@dataclass
-class Outcome:
-    """What one step decided, before it is committed."""
-
-    change: Change = field(default_factory=Change)
-    dead: list[tuple[int, str, int | None]] = field(default_factory=list)  # id, why, attempts
+class Unusable(ServerError):
+    """The job cannot be opened as it is; an operator must act."""

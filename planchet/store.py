@@ -34,15 +34,6 @@ LeasedItem = tuple[int, Any, int]
 P = ParamSpec("P")
 T = TypeVar("T")  # id, item, attempts so far
 
-# Pop one queued batch and lease it, in one step: a crash can never drop it.
-_TAKE_QUEUED = """
-local blob = redis.call('LPOP', KEYS[1])
-if not blob then return false end
-redis.call('HSET', KEYS[2], ARGV[1], blob)
-return blob
-"""
-
-
 COUNTS = ("next_id", "offset", "exhausted", "out_offset", "err_offset", "written", "failed")
 
 
@@ -85,12 +76,16 @@ class JobRecord:
 
 @dataclass
 class Change:
-    """One atomic step of a job: what to write to its hash, leases and queue."""
+    """What a group of a job's steps changed, committed as one MULTI/EXEC.
+
+    ``leases`` maps a lease id to its items (packed), or to None to drop it; ``queue``
+    lists, in the order the steps made them, a batch pushed at the tail (its packed
+    items) or None for a batch popped from the head.
+    """
 
     fields: dict[str, Any] = field(default_factory=dict)
-    put_lease: tuple[str, bytes] | None = None
-    drop_lease: str | None = None
-    requeue: list[LeasedItem] = field(default_factory=list)
+    leases: dict[str, bytes | None] = field(default_factory=dict)
+    queue: list[bytes | None] = field(default_factory=list)
     settled_ids: list[int] = field(default_factory=list)
 
 
@@ -122,7 +117,6 @@ class Store:
     def __init__(self, client: redis.Redis, prefix: str = "planchet:") -> None:
         self.redis = client
         self.prefix = prefix
-        self._take_queued = client.register_script(_TAKE_QUEUED)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "planchet:") -> Store:
@@ -237,12 +231,6 @@ class Store:
         return [unpack(blob) for blob in queue]
 
     @_storage_step
-    async def take_queued(self, name: str, lease_id: str) -> list[LeasedItem] | None:
-        keys = [self._queue(name), self._leases(name)]
-        blob = await self._take_queued(keys=keys, args=[lease_id])
-        return unpack(blob) if blob else None
-
-    @_storage_step
     async def new_ids(self, name: str, ids: list[int]) -> list[bool]:
         """For a write-only job: which of ``ids`` were never settled."""
         if not ids:
@@ -251,17 +239,27 @@ class Store:
         return [not s for s in seen]
 
     @_storage_step
-    async def apply(self, name: str, change: Change) -> None:
-        """Commit one step of a job atomically (see ``Change``)."""
+    async def commit(self, name: str, change: Change) -> None:
+        """Commit a group of a job's steps atomically (see ``Change``)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             if change.fields:
                 pipe.hset(self._job(name), mapping=_fields(change.fields))
-            if change.put_lease:
-                pipe.hset(self._leases(name), *change.put_lease)
-            if change.drop_lease:
-                pipe.hdel(self._leases(name), change.drop_lease)
-            if change.requeue:
-                pipe.rpush(self._queue(name), pack(change.requeue))
+            for lease_id, blob in change.leases.items():
+                if blob is None:
+                    pipe.hdel(self._leases(name), lease_id)
+                else:
+                    pipe.hset(self._leases(name), lease_id, blob)
+            popped = 0
+            for blob in change.queue:
+                if blob is None:
+                    popped += 1
+                    continue
+                if popped:
+                    pipe.ltrim(self._queue(name), popped, -1)
+                    popped = 0
+                pipe.rpush(self._queue(name), blob)
+            if popped:
+                pipe.ltrim(self._queue(name), popped, -1)
             if change.settled_ids:
                 pipe.sadd(self._ids(name), *change.settled_ids)
             await pipe.execute()

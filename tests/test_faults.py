@@ -51,13 +51,15 @@ async def test_a_line_nested_too_deep_to_encode_loses_nothing(
 
 
 class FlakyReader(JsonlReader):
-    """Reads like JsonlReader, but the third read of each instance raises after advancing:
+    """Reads like JsonlReader, but the first read to reach id 20 raises after advancing:
     the shape of any bug in a step (not a PlanchetError) once the reader has moved on."""
+
+    failed = False
 
     def read(self, n: int) -> Chunk:
         chunk = super().read(n)
-        self.reads = getattr(self, "reads", 0) + 1
-        if self.reads == 3 and chunk.items:
+        if not FlakyReader.failed and chunk.position.next_id > 20:
+            FlakyReader.failed = True
             raise RuntimeError("a bug after the reader moved past a chunk")
         return chunk
 
@@ -65,8 +67,10 @@ class FlakyReader(JsonlReader):
 @pytest.fixture
 def flaky_reader() -> Any:
     READERS["FlakyReader"] = FlakyReader
+    FlakyReader.failed = False
     yield "FlakyReader"
     del READERS["FlakyReader"]
+    assert FlakyReader.failed, "the reader never failed: the test proved nothing"
 
 
 async def test_a_bug_in_a_step_reopens_the_job_from_its_last_commit(

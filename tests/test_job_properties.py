@@ -69,6 +69,9 @@ class Owner:
     def tell(self, event: str) -> None:
         pass
 
+    def stall(self) -> None:
+        self.stalled = True
+
 
 picks = st.lists(st.integers(0, 40), max_size=8).map(tuple)  # < 32: an id of the lease
 lease_op = st.tuples(st.just("lease"), st.integers(0, OWNERS - 1), st.integers(1, 8))

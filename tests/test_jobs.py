@@ -17,6 +17,7 @@ from planchet.messages import ItemError, StartJob
 from planchet.spec import build_spec
 from planchet.state import DONE, PAUSED, RUNNING, Fault, Lease
 from planchet.store import Store
+from planchet.writeonly import new_job as make_job
 
 LINES = 830  # github_issue_titles.jsonl
 OPENED: list[Job] = []  # every Job a test made, closed after it (see ``close_jobs``)
@@ -43,6 +44,9 @@ class Owner:
     def tell(self, event: str) -> None:
         self.events.append(event)
 
+    def stall(self) -> None:
+        self.stalled = True
+
 
 async def new_job(store: Store, data_dir: Path, name: str = "j", **overrides: Any) -> Job:
     """Create a job in Redis the way the dispatcher does, and open it."""
@@ -58,7 +62,7 @@ async def new_job(store: Store, data_dir: Path, name: str = "j", **overrides: An
     await store.create_job(
         name, {"spec": spec.model_dump_json(), "token": "", "state": RUNNING}, spec.files
     )
-    job = Job(spec, store)
+    job = make_job(spec, store)
     OPENED.append(job)
     await job.open()
     return job
@@ -66,7 +70,7 @@ async def new_job(store: Store, data_dir: Path, name: str = "j", **overrides: An
 
 async def reopen(job: Job) -> Job:
     """What a restarted server does: a new Job on the same Redis, the old one just dropped."""
-    fresh = Job(job.spec, job.store)
+    fresh = make_job(job.spec, job.store)
     OPENED.append(fresh)
     await fresh.open()
     return fresh
@@ -676,13 +680,13 @@ async def test_a_failed_error_log_write_cannot_make_a_result_count_twice(
     job = await new_job(store, data_dir, batch_size=4)
     lease = await job.lease(Owner(), 4)
     assert lease is not None
-    assert job.errors is not None
-    job.errors.close()  # the error log cannot be written (a full disk, say)
+    assert job.files.errors is not None
+    job.files.errors.close()  # the error log cannot be written (a full disk, say)
+    items = items_of(lease)
     with pytest.raises(Unavailable, match="not open for writing"):  # nothing was taken
-        await job.settle(lease.id, items_of(lease)[:2], [ItemError(id=2, message="no",
-                                                                   retry=False)])
+        await job.settle(lease.id, items[:2], [ItemError(id=2, message="no", retry=False)])
     assert job.broken and job.broken.kind is Fault.STEP  # maintenance will reopen it
-    ack = await job.settle(lease.id, items_of(lease), [])
+    ack = await job.settle(lease.id, items, [])
     assert ack.dropped == 4  # nothing more lands on top of the uncommitted bytes
 
     await job.open()
@@ -695,8 +699,8 @@ async def test_a_failed_error_log_write_does_not_skip_what_was_read(
 ) -> None:
     (data_dir / "in.jsonl").write_bytes(b'{"n": 0}\nbad\n{"n": 2}\n{"n": 3}\n')
     job = await new_job(store, data_dir, batch_size=2)
-    assert job.errors is not None
-    job.errors.close()
+    assert job.files.errors is not None
+    job.files.errors.close()
     with pytest.raises(Unavailable, match="not open for writing"):
         await job.lease(Owner(), 2)  # read 0, 1 (bad), 2; could not log 1
     assert job.broken and job.broken.kind is Fault.STEP

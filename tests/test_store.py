@@ -42,12 +42,21 @@ async def test_create_read_and_delete_a_job(store: Store) -> None:
     assert await store.owner_of("/data/a") == "a"
 
 
+def leased(lease_id: str, *items: tuple) -> Change:
+    return Change(leases={lease_id: pack(list(items))})
+
+
+def queued(*items: tuple) -> Change:
+    return Change(queue=[pack(list(items))])
+
+
 async def test_create_job_wipes_every_trace_of_an_old_one(
     store: Store, redis_client: redis.asyncio.Redis
 ) -> None:
+    """A job created again over an old one's name keeps nothing of it."""
     await store.create_job("j", {"spec": "old", "written": 9}, FILES)
-    await store.apply("j", Change(put_lease=("l1", pack([(1, "a", 0)])),
-                                  requeue=[(2, "b", 1)], settled_ids=[3]))
+    await store.commit("j", Change(leases={"l1": pack([(1, "a", 0)])},
+                                   queue=[pack([(2, "b", 1)])], settled_ids=[3]))
     await store.create_job("j", {"spec": "new"}, FILES)
     assert await store.read_job("j") == {"spec": "new"}
     assert await store.requeue_all_leases("j") == []
@@ -57,86 +66,78 @@ async def test_create_job_wipes_every_trace_of_an_old_one(
 
 
 async def test_delete_job_leaves_no_keys(store: Store, redis_client: redis.asyncio.Redis) -> None:
+    """Deleting a job removes its hash, leases, queue and settled ids."""
     await store.create_job("j", {"spec": "s"}, FILES)
-    await store.apply("j", Change(put_lease=("l1", pack([(1, "a", 0)])),
-                                  requeue=[(2, "b", 1)], settled_ids=[3]))
+    await store.commit("j", Change(leases={"l1": pack([(1, "a", 0)])},
+                                   queue=[pack([(2, "b", 1)])], settled_ids=[3]))
     await store.delete_job("j", FILES)
     assert await redis_client.keys("*") == []
 
 
-async def test_apply_moves_items_in_one_step(store: Store) -> None:
+async def test_commit_moves_items_in_one_step(store: Store) -> None:
+    """One commit sets the counters, writes and drops leases and pushes to the queue."""
     await store.create_job("j", {"spec": "s"}, FILES)
-    await store.apply("j", Change(fields={"next_id": 3, "offset": 30},
-                                  put_lease=("l1", pack([(0, "a", 0), (1, "b", 0), (2, "c", 0)]))))
+    await store.commit("j", Change(fields={"next_id": 3, "offset": 30},
+                                   leases={"l1": pack([(0, "a", 0), (1, "b", 0), (2, "c", 0)])}))
     # settle item 0, fail item 1 back to the queue, keep item 2 leased
-    await store.apply("j", Change(fields={"written": 1},
-                                  put_lease=("l1", pack([(2, "c", 0)])),
-                                  requeue=[(1, "b", 1)]))
+    await store.commit("j", Change(fields={"written": 1}, leases={"l1": pack([(2, "c", 0)])},
+                                   queue=[pack([(1, "b", 1)])]))
     fields = await store.read_job("j")
     assert (fields["next_id"], fields["offset"], fields["written"]) == ("3", "30", "1")
-    assert await store.take_queued("j", "l2") == [(1, "b", 1)]
-    assert await store.take_queued("j", "l3") is None
-    # the two leases come back on reopen, in one batch each
-    assert sorted(await store.requeue_all_leases("j")) == [[(1, "b", 1)], [(2, "c", 0)]]
-
-    await store.apply("j", Change(drop_lease="l1"))
-    assert await store.requeue_all_leases("j") == [[(2, "c", 0)], [(1, "b", 1)]]
+    # the lease comes back on reopen, after what was queued
+    assert await store.requeue_all_leases("j") == [[(1, "b", 1)], [(2, "c", 0)]]
 
 
-async def test_take_queued_is_fifo_and_leases_what_it_pops(store: Store) -> None:
+async def test_the_queue_changes_in_the_order_the_steps_made_them(store: Store) -> None:
+    """Pops (None) and pushes interleave as they happened: a batch pushed and popped in
+    one commit is gone, what was queued before is popped first."""
     await store.create_job("j", {"spec": "s"}, FILES)
-    for n in range(3):
-        await store.apply("j", Change(requeue=[(n, f"item{n}", 1)]))
-    assert await store.take_queued("j", "first") == [(0, "item0", 1)]
-    assert await store.take_queued("j", "second") == [(1, "item1", 1)]
-    # what was taken is leased under the given ids, the rest is still queued
-    queue = await store.requeue_all_leases("j")
-    assert sorted(queue) == [[(0, "item0", 1)], [(1, "item1", 1)], [(2, "item2", 1)]]
+    await store.commit("j", Change(queue=[pack([(0, "a", 1)]), pack([(1, "b", 1)])]))
+    await store.commit("j", Change(queue=[None, pack([(2, "c", 1)]), None, None,
+                                          pack([(3, "d", 1)])],
+                                   leases={"l1": pack([(0, "a", 1)]), "l2": None}))
+    assert await store.requeue_all_leases("j") == [[(3, "d", 1)], [(0, "a", 1)]]
 
 
-async def test_take_queued_survives_a_flushed_script_cache(
-    store: Store, redis_client: redis.asyncio.Redis
-) -> None:
-    """A restarted Redis has forgotten the Lua script: it must be loaded again, silently."""
+async def test_a_lease_written_and_dropped_in_one_commit_is_gone(store: Store) -> None:
+    """The last word on a lease within a commit is the one Redis keeps."""
     await store.create_job("j", {"spec": "s"}, FILES)
-    await store.apply("j", Change(requeue=[(1, "a", 0)]))
-    await store.apply("j", Change(requeue=[(2, "b", 0)]))
-    assert await store.take_queued("j", "l1") == [(1, "a", 0)]
-    await redis_client.script_flush()
-    assert await store.take_queued("j", "l2") == [(2, "b", 0)]
+    await store.commit("j", Change(leases={"l1": None}))
+    assert await store.requeue_all_leases("j") == []
 
 
 async def test_nothing_is_lost_in_a_redis_restart(store: Store, redis_proc: RedisProcess) -> None:
     """A pooled socket from before the restart fails once, loudly; then all is back."""
     await store.create_job("j", {"spec": "s"}, FILES)
-    await store.apply("j", Change(requeue=[(1, "a", 0)]))
+    await store.commit("j", queued((1, "a", 0)))
     redis_proc.kill()
     redis_proc.start()  # same port, same append-only file
     try:
-        taken = await store.take_queued("j", "l1")
+        queue = await store.requeue_all_leases("j")
     except Unavailable:  # the stale socket; the command never reached Redis
-        taken = await store.take_queued("j", "l1")
-    assert taken == [(1, "a", 0)]
-    assert await store.requeue_all_leases("j") == [[(1, "a", 0)]]
+        queue = await store.requeue_all_leases("j")
+    assert queue == [[(1, "a", 0)]]
 
 
 async def test_new_ids_remembers_settled_ids(store: Store) -> None:
+    """A write-only job's settled ids are remembered, so each settles once."""
     await store.create_job("w", {"spec": "s"}, FILES)
     assert await store.new_ids("w", []) == []
     assert await store.new_ids("w", [1, 2, 3]) == [True, True, True]
-    await store.apply("w", Change(settled_ids=[1, 3]))
+    await store.commit("w", Change(settled_ids=[1, 3]))
     assert await store.new_ids("w", [1, 2, 3, 4]) == [False, True, False, True]
 
 
 async def test_prefixes_keep_stores_apart(redis_url: str) -> None:
+    """Two stores with different key prefixes share a Redis without seeing each other."""
     one, two = Store.from_url(redis_url), Store.from_url(redis_url, prefix="other:")
     try:
         await one.create_job("j", {"spec": "1"}, FILES)
         await two.create_job("j", {"spec": "2"}, FILES)
-        await two.apply("j", Change(requeue=[(1, "x", 0)]))
+        await two.commit("j", queued((1, "x", 0)))
         assert await one.read_job("j") == {"spec": "1"}
         assert await two.read_job("j") == {"spec": "2"}
-        assert await one.take_queued("j", "l") is None
+        assert await one.requeue_all_leases("j") == []
         assert await one.owner_of(FILES[0]) == await two.owner_of(FILES[0]) == "j"
         await one.delete_job("j", FILES)
         assert await two.job_names() == ["j"]
@@ -145,7 +146,7 @@ async def test_prefixes_keep_stores_apart(redis_url: str) -> None:
         await two.close()
 
 
-@pytest.mark.parametrize("step", ["apply", "take_queued", "read_job"])
+@pytest.mark.parametrize("step", ["commit", "requeue_all_leases", "read_job"])
 async def test_a_dead_redis_raises_unavailable(
     store: Store, redis_proc: RedisProcess, step: str
 ) -> None:
@@ -153,8 +154,8 @@ async def test_a_dead_redis_raises_unavailable(
     await store.create_job("j", {"spec": "s"}, FILES)
     redis_proc.kill()
     calls = {
-        "apply": lambda: store.apply("j", Change(fields={"written": 1})),
-        "take_queued": lambda: store.take_queued("j", "l"),
+        "commit": lambda: store.commit("j", Change(fields={"written": 1})),
+        "requeue_all_leases": lambda: store.requeue_all_leases("j"),
         "read_job": lambda: store.read_job("j"),
     }
     with pytest.raises(Unavailable) as caught:
