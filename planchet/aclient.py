@@ -31,10 +31,10 @@ from .messages import (
     Item,
     ItemError,
     JobCommand,
-    Result,
     ServerCommand,
     StartJob,
     encode,
+    make_result,
 )
 from .session import ClientSession, dropped
 
@@ -215,8 +215,7 @@ class AsyncPlanchetClient:
     async def send_results(self, job: str, lease: str | None, results: list[Item],
                            errors: list[ItemError] | None = None,
                            token: str | None = None) -> Ack:
-        message = Result(job=job, lease=lease, items=results, errors=errors or [],
-                         token=token or self.token)
+        message = make_result(job, lease, results, errors, token or self.token)
         await self._ensure_open()
         try:
             return await self._wait(self._session.result(message))

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,23 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token, allow_origins=args.allow_origin,
         max_connections=args.max_connections,
         max_pending_connections=args.max_pending_connections, crash_grace=args.crash_grace,
+        compression=args.compression or None,
     )
-    asyncio.run(run(settings))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run(settings))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (faster sockets), unless
+    ``PLANCHET_LOOP=asyncio`` asks for the standard one."""
+    if os.environ.get("PLANCHET_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _client(args: argparse.Namespace) -> PlanchetClient:
@@ -238,6 +252,9 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--max-pending-connections", type=int,
                        help="connections that have not said hello yet, at most; the oldest "
                             "is dropped for a new one (default 100)")
+    serve.add_argument("--compression", action="store_true",
+                       help="compress WebSocket frames (permessage-deflate): for slow links; "
+                            "costs CPU on both ends (default off, $PLANCHET_COMPRESSION)")
     serve.add_argument("--crash-grace", type=float, metavar="SECONDS",
                        help="a worker that vanishes sooner than this after getting a batch "
                             "is not charged an attempt for it (default 1)")

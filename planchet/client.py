@@ -39,10 +39,10 @@ from .messages import (
     ItemError,
     JobCommand,
     Message,
-    Result,
     ServerCommand,
     StartJob,
     encode,
+    make_result,
 )
 from .session import ClientSession, dropped
 
@@ -270,11 +270,10 @@ class PlanchetClient:
         groups = self._by_lease(job, [*results, *errors])
         total = collections.Counter({"written": 0, "retried": 0, "failed": 0, "dropped": 0})
         for lease, ids in groups.items():
-            message = Result(
-                job=job, lease=lease, token=token or self.token,
-                items=[(i, results[i]) for i in ids if i in results],
-                errors=[ItemError(id=i, message=errors[i], retry=retry)
-                        for i in ids if i in errors],
+            message = make_result(
+                job, lease, [(i, results[i]) for i in ids if i in results],
+                [ItemError(id=i, message=errors[i], retry=retry) for i in ids if i in errors],
+                token or self.token,
             )
             try:
                 ack = self._wait(self._session.result(message))

@@ -31,6 +31,7 @@ class Settings:
     tick: float = 1.0  # how often leases are checked for expiry, in seconds
     # a worker that vanishes sooner than this after being given a batch is not charged for it
     crash_grace: float = 1.0
+    compression: bool = False  # permessage-deflate on WebSocket frames, for slow links
     # web pages (Origin headers) allowed besides loopback and the server's own; "*": any
     allow_origins: tuple[str, ...] = ()
     max_connections: int = 1000  # open WebSocket connections; past it an upgrade gets 503
@@ -59,6 +60,7 @@ class Settings:
             max_message_bytes=int(settings.max_message_bytes),
             tick=float(settings.tick),
             crash_grace=float(settings.crash_grace),
+            compression=_flag(settings.compression),
             allow_origins=_origins(settings.allow_origins),
             max_connections=int(settings.max_connections),
             max_pending_connections=int(settings.max_pending_connections),
@@ -69,3 +71,10 @@ def _origins(value: str | Iterable[str]) -> tuple[str, ...]:
     """A comma-separated variable, or the values of a repeated flag, as a tuple."""
     items = value.split(",") if isinstance(value, str) else value
     return tuple(item.strip() for item in items if item.strip())
+
+
+def _flag(value: bool | str) -> bool:
+    """A flag, or a variable such as ``PLANCHET_COMPRESSION=1`` (``0``/``no``/``off``: off)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "no", "off", "false")
+    return bool(value)

@@ -132,8 +132,8 @@ class Subscription:
         if lease is None:
             return False
         items = [(i, item) for i, (item, _) in lease.items.items()]
-        batch = Batch(job=self.job.name, lease=lease.id, items=items,
-                      lease_timeout=self.job.spec.lease_timeout)
+        batch = Batch.model_construct(job=self.job.name, lease=lease.id, items=items,
+                                      lease_timeout=float(self.job.spec.lease_timeout))
         await self.session.send(batch)
         return True
 

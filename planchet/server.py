@@ -93,6 +93,8 @@ class PlanchetServer:
             ping_interval=20,
             ping_timeout=60,
             logger=wire_log,
+            # deflate costs more CPU than it saves on a LAN; --compression for slow links
+            compression="deflate" if self.settings.compression else None,
         )
 
     @property

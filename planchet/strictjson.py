@@ -32,11 +32,23 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     marks = raw.translate(_MARKS)
     # Valid JSON nested n deep has n openers and n closers, so short text needs no count.
     deep = len(raw) > 2 * max_depth and marks.count(b"[") > max_depth
-    if deep and depth(value, max_depth) > max_depth:
+    if deep and not _encodable(value, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
     if _LONG_RUN in marks:
         json.loads(raw, parse_int=_exact_int)
     return value
+
+
+def _encodable(value: Any, max_depth: int) -> bool:
+    """Whether ``value`` nests at most ``max_depth`` deep: orjson (in C, fast) can write
+    it inside ``MAX_DEPTH - max_depth`` more lists only then."""
+    for _ in range(MAX_DEPTH - max_depth):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def depth(value: Any, limit: int = MAX_DEPTH) -> int:
