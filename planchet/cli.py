@@ -95,6 +95,7 @@ def _start(args: argparse.Namespace) -> int:
         metadata["output_file_path"] = args.output
     options = {k: v for k, v in (("batch_size", args.batch_size),
                                  ("lease_timeout", args.lease_timeout),
+                                 ("batch_seconds", args.batch_seconds),
                                  ("max_attempts", args.max_attempts)) if v is not None}
     with _client(args) as client:
         report = client.start_job(args.job, metadata, reader, writer_name=writer,
@@ -274,6 +275,10 @@ def _add_start(commands: Any, common: argparse.ArgumentParser) -> None:
     start.add_argument("--output", help="output file (metadata output_file_path)")
     start.add_argument("--mode", choices=("read", "write", "read-write"), default="read-write")
     start.add_argument("--batch-size", type=int, help="items per batch (server default 100)")
+    start.add_argument("--batch-seconds", type=float,
+                       help="adaptive batching: size each worker's batches to take about this "
+                            "long, starting from --batch-size (workers that name a batch size "
+                            "keep theirs)")
     start.add_argument("--lease-timeout", type=float,
                        help="seconds a worker may hold a batch (server default 300)")
     start.add_argument("--max-attempts", type=int,

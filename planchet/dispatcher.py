@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 
 from .admin import Admin
 from .auth import Keys
+from .batching import BatchSizer
 from .config import Settings
 from .exceptions import ConnectionLost, PlanchetError, ProtocolError
 from .jobs import Job
 from .messages import (
+    Ack,
     Batch,
     Credit,
     Event,
@@ -67,11 +69,13 @@ class Session:
 class Subscription:
     """One session's credit on one job, and the pump that honours it."""
 
-    def __init__(self, session: Session, job: Job, batches: int, batch_size: int) -> None:
+    def __init__(self, session: Session, job: Job, batches: int, batch_size: int | None) -> None:
         self.session = session
         self.job = job
         self.credit = batches
-        self.batch_size = batch_size
+        self.batch_size = batch_size or job.spec.batch_size
+        self.sizer: BatchSizer | None = None  # adaptive batching, if the credit allows it
+        self.resize(batch_size)
         self.leases: set[str] = set()
         self.closed = False
         self.stalled = False  # a lease expired: push nothing until the worker speaks again
@@ -81,6 +85,19 @@ class Subscription:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def resize(self, batch_size: int | None) -> None:
+        """A credit that names a batch size fixes it; one that does not lets the server
+        size batches to the job's ``batch_seconds``, when the job has one."""
+        target = self.job.spec.batch_seconds
+        if batch_size is not None or target is None:
+            self.batch_size, self.sizer = batch_size or self.batch_size, None
+        elif self.sizer is None:
+            self.sizer = BatchSizer(self.batch_size, target)
+
+    def settled(self, ack: Ack) -> None:
+        if self.sizer is not None:
+            self.sizer.settled(ack.written + ack.retried + ack.failed)
 
     def tell(self, event: str) -> None:
         """Send a job event without waiting on a slow reader of this session."""
@@ -124,12 +141,15 @@ class Subscription:
         _spawn(self.session.close(1011, "internal error; see the server log"))
 
     async def _push(self) -> bool:
+        size = self.sizer.size if self.sizer else self.batch_size
         try:
-            lease = await self.job.lease(self, self.batch_size)
+            lease = await self.job.lease(self, size)
         except PlanchetError as exc:  # the job broke: wait until it is reopened
             log.warning("%s", exc)
             return False
         if lease is None:
+            if self.sizer is not None and not self.leases:
+                self.sizer.idle()  # waiting for work is not working
             return False
         items = [(i, item) for i, (item, _) in lease.items.items()]
         batch = Batch.model_construct(job=self.job.name, lease=lease.id, items=items,
@@ -223,9 +243,13 @@ class Dispatcher:
                 return None
             case Result():
                 job = self.admin.get(msg.job)
-                if sub := session.subscriptions.get(msg.job):
+                sub = session.subscriptions.get(msg.job)
+                if sub:
                     sub.revive()
-                return await job.settle(msg.lease, msg.items, list(msg.errors))
+                ack = await job.settle(msg.lease, msg.items, list(msg.errors))
+                if sub:
+                    sub.settled(ack)
+                return ack
             case StartJob():
                 return Reply(id=msg.id, data=await self.admin.start(msg))
             case JobCommand(type="report"):
@@ -242,11 +266,10 @@ class Dispatcher:
         job = self.admin.get(msg.job)
         sub = session.subscriptions.get(job.name)
         if sub is None or sub.job is not job or sub.task.done():  # done: say so again
-            batch_size = msg.batch_size or job.spec.batch_size
-            sub = Subscription(session, job, msg.batches, batch_size)
+            sub = Subscription(session, job, msg.batches, msg.batch_size)
             session.subscriptions[job.name] = sub
         sub.credit = msg.batches
-        sub.batch_size = msg.batch_size or sub.batch_size
+        sub.resize(msg.batch_size)
         sub.stalled = False
         sub.wake()
 

@@ -95,6 +95,8 @@ class StartJob(Message):
     mode: Mode = "read-write"
     batch_size: Int = Field(default=100, ge=1, le=MAX_BATCH_SIZE)
     lease_timeout: Seconds = Field(default=300.0, gt=0)
+    # adaptive batching: size each connection's batches to take about this long
+    batch_seconds: Seconds | None = Field(default=None, gt=0, le=3600)
     max_attempts: Int = Field(default=5, ge=1, le=100)
     clean_start: StrictBool = False
     token: str | None = None

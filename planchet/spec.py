@@ -36,11 +36,13 @@ class JobSpec(BaseModel):
     metadata: dict[str, Any]
     batch_size: int
     lease_timeout: float
+    batch_seconds: float | None = None
     max_attempts: int
 
     def identity(self) -> dict[str, Any]:
         """The fields that make two specs the same job; the rest are tunables."""
-        return self.model_dump(exclude={"batch_size", "lease_timeout", "max_attempts"})
+        return self.model_dump(exclude={"batch_size", "lease_timeout", "max_attempts",
+                                        "batch_seconds"})
 
     @property
     def files(self) -> list[str]:
@@ -106,6 +108,7 @@ def build_spec(request: StartJob, data_dir: Path) -> JobSpec:
         metadata=meta,
         batch_size=request.batch_size,
         lease_timeout=request.lease_timeout,
+        batch_seconds=request.batch_seconds,
         max_attempts=request.max_attempts,
     ))
 
