@@ -1,111 +1,89 @@
-"""Throughput of Planchet against doing the same work in one process, in the same run.
+"""Throughput: Planchet against the ceiling, same batch size and worker count, same run.
 
-    python benchmarks/throughput.py [--repeat 50] [--work-ms 0 1] [--workers 1 4]
+    python benchmarks/throughput.py [--items 200000] [--batches 10 100 1000] [--workers 1 4 16]
+                                    [--repeat 1]
 
-For each per-item cost (``--work-ms``; 0 measures Planchet's own overhead) it times
-the baseline, one process that reads the file, works each item and writes the output
-with Planchet's own reader and writer, then a Planchet server with an embedded Redis
-and N worker processes on the same file. Figures are items/s and the ratio to the
-baseline: on this machine's noise only ratios from one run mean much.
+For each batch size and worker count it measures, one after the other: the ceiling
+(benchmarks/ceiling.py), then ``planchet serve`` (private Redis, fsync on) with that
+many worker processes using the asyncio client, then the blocking client. Items are
+the shared headlines repeated; the work is counting each item's words. Every figure
+is items / (last worker's sight of the job's end - first batch any worker received),
+worker start-up excluded: workers connect, then all start together. With ``--repeat
+N`` each figure (ceiling and Planchet alike) is the best of N runs: on a busy machine
+the fastest run is the least disturbed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import ceiling
+import common
+
 from planchet import PlanchetClient
-from planchet.embedded import free_port
-from planchet.formats import JsonlReader, JsonlWriter
 
-HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("PLANCHET_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
-sys.path.insert(0, str(HERE))
-from worker import work  # noqa: E402
+CLIENTS = ("async", "blocking")
 
 
-def baseline(data: Path, work_ms: float, batch: int) -> float:
-    reader = JsonlReader(data / "in.jsonl", {})
-    writer = JsonlWriter(data / "direct.jsonl", {})
-    reader.open()
-    writer.open(0)
-    start = time.perf_counter()
-    n = 0
-    while chunk := reader.read(batch):
-        if not chunk.items:
-            break
-        writer.write([(i, work(item, work_ms)) for i, item in chunk.items])
-        n += len(chunk.items)
-    elapsed = time.perf_counter() - start
-    reader.close()
-    writer.close()
-    return n / elapsed
+def planchet_rate(source: Path, n_items: int, batch: int, workers: int, kind: str) -> float:
+    """Items/s of ``planchet serve`` with ``workers`` worker processes of ``kind``."""
+    job = f"{kind}-{batch}-{workers}"
+    with (common.DataDir(job, [source]) as data, common.PlanchetServer(data) as server,
+          PlanchetClient(server.url) as admin):
+        common.start_job(admin, job, source.name, batch)
+        crew = common.start_crew([common.worker_command(kind, server.url, batch, job)] * workers)
+        common.go(crew)
+        reports = common.finish_crew(crew, timeout=120 + n_items / 200)
+        common.check_done(admin.get_job_report(job), n_items)
+    return n_items / common.elapsed(reports)
 
 
-def wait_healthy(port: int) -> None:
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("the server did not start")
+def cell(source: Path, n_items: int, batch: int, workers: int, repeat: int
+         ) -> Iterator[common.Row]:
+    """The ceiling, then each client, each the best of ``repeat`` runs."""
+    with common.DataDir(f"ceiling-{batch}-{workers}") as data:
+        top = max(ceiling.measure(source, data, batch, workers, timeout=120 + n_items / 2000)
+                  for _ in range(repeat))
+    for kind in CLIENTS:
+        rate = max(planchet_rate(source, n_items, batch, workers, kind) for _ in range(repeat))
+        plural = "s" if workers > 1 else ""
+        yield common.Row("throughput", f"batch {batch}, {workers} worker{plural}, {kind}",
+                         rate, "items/s", "ceiling", top)
 
 
-def planchet(data: Path, workers: int, work_ms: float, batch: int, n_items: int) -> float:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "planchet", "serve", "--port", str(port), "--data-dir", str(data)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(port)
-        url = f"ws://127.0.0.1:{port}"
-        job = f"bench-{workers}-{work_ms}"
-        client = PlanchetClient(url)
-        client.start_job(job, {"input_file_path": "in.jsonl", "output_file_path": f"{job}.jsonl"},
-                         "JsonlReader", writer_name="JsonlWriter", clean_start=True)
-        start = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, str(HERE / "worker.py"), url, job, str(batch),
-                                   str(work_ms)]) for _ in range(workers)]
-        for proc in procs:
-            proc.wait()
-        elapsed = time.perf_counter() - start
-        report = client.get_job_report(job)
-        assert report["written"] == n_items and report["state"] == "done", report
-        client.close()
-        return n_items / elapsed
-    finally:
-        server.terminate()
-        server.wait()
+def cells(quick: bool, batches: list[int] | None, workers: list[int] | None
+          ) -> list[tuple[int, int]]:
+    """The (batch, workers) pairs to measure; --quick: the issue's four."""
+    if batches or workers or not quick:
+        return [(b, w) for b in batches or [10, 100, 1000] for w in workers or [1, 4, 16]]
+    return [(100, 1), (100, 4), (10, 4), (1000, 4)]
+
+
+def run(args: argparse.Namespace) -> Iterator[common.Row]:
+    n_items = args.items or (20_000 if args.quick else 200_000)
+    source = common.headlines_file(n_items)
+    for batch, workers in cells(args.quick, args.batches, args.workers):
+        yield from cell(source, n_items, batch, workers, args.repeat)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (10 100 1000)")
+    parser.add_argument("--workers", type=int, nargs="+", help="worker processes (1 4 16)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="throughput: runs of each measurement, the best counts (1)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=50, help="copies of the 200 headlines")
-    parser.add_argument("--work-ms", type=float, nargs="+", default=[0.0, 1.0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--items", type=int, help="default 200,000; 20,000 with --quick")
+    parser.add_argument("--quick", action="store_true")
+    add_options(parser)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp)
-        text = (SHARED / "news_headlines.jsonl").read_text()
-        (data / "in.jsonl").write_text(text * args.repeat)
-        n_items = len(text.splitlines()) * args.repeat
-        print(f"{n_items} items, batch {args.batch}, {os.cpu_count()} CPUs")
-        print(f"{'work/item':>10} {'setup':>22} {'items/s':>10} {'vs baseline':>12}")
-        for work_ms in args.work_ms:
-            base = baseline(data, work_ms, args.batch)
-            print(f"{work_ms:>8g}ms {'baseline: one process':>22} {base:>10,.0f} {1:>11.2f}x")
-            for workers in args.workers:
-                rate = planchet(data, workers, work_ms, args.batch, n_items)
-                label = f"planchet, {workers} worker{'s' * (workers > 1)}"
-                print(f"{work_ms:>8g}ms {label:>22} {rate:>10,.0f} {rate / base:>11.2f}x")
+    common.install_cleanup()
+    for row in run(args):
+        print(row.line(), flush=True)
 
 
 if __name__ == "__main__":
