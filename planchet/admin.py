@@ -32,7 +32,7 @@ from .writeonly import new_job
 
 log = logging.getLogger("planchet")
 
-RETRY_CAP = 60.0  # seconds: the longest wait before reopening a job whose step keeps failing
+RETRY_CAP = 30.0  # seconds: the longest wait before reopening a job whose step keeps failing
 
 
 class Admin:
@@ -97,11 +97,13 @@ class Admin:
             return
         if job.broken.kind is Fault.STORAGE and not await self.store.ping():
             return
+        step = job.broken.kind is Fault.STEP
         try:
             await job.open()
         except PlanchetError:
-            delay = min(RETRY_CAP, self.settings.tick * 2 ** min(failures, 10))
-            self._retry[job.name] = (failures + 1, time.monotonic() + delay)
+            if step:  # a step that keeps failing (a bug): back off; Redis is waited on by PING
+                delay = min(RETRY_CAP, self.settings.tick * 2 ** min(failures, 10))
+                self._retry[job.name] = (failures + 1, time.monotonic() + delay)
             raise
         self._retry.pop(job.name, None)
         log.warning("job %s reopened from its last commit", job.name)
@@ -129,9 +131,8 @@ class Admin:
         job = self.get(name)
         async with self._lock:
             if kind in ("pause", "resume"):
-                await job.set_state(PAUSED if kind == "pause" else RUNNING)
-                if not job.done:
-                    job.announce("paused" if kind == "pause" else "resumed")
+                await job.set_state(PAUSED if kind == "pause" else RUNNING,
+                                    "paused" if kind == "pause" else "resumed")
             elif kind == "delete":
                 await self._remove(job)
                 return {"deleted": job.name}

@@ -8,7 +8,10 @@ load instead of being one step per fsync, and the rules stay those of a single s
 
 * a group's bytes are appended and fsynced before the transaction that names their
   offsets, and its Redis changes are one MULTI/EXEC, in the order the steps made them;
-* a step is answered only once its group is committed;
+* a lease or a result is answered at once, before its group is committed: if the
+  commit fails, the job reopens from the last commit and those items are served again,
+  so nothing is lost or written twice (processing is at least once anyway); what must be
+  durable before it is answered (a write-only result, a pause) waits for its group;
 * if a flush fails, that group and every later one fail with it, and the job must be
   reopened from Redis and the files: memory that ran ahead of them is thrown away.
 """
@@ -47,6 +50,7 @@ class Committer:
         self._flush = flush
         self._failed = failed
         self._open: Group | None = None
+        self._flushing: Group | None = None
         self._wake = asyncio.Event()
         self._stopped = False
         self._failure: BaseException | None = None
@@ -73,6 +77,7 @@ class Committer:
                 await self._wake.wait()
                 continue
             group, self._open = self._open, None
+            self._flushing = group
             self._seal(group)
             try:
                 await self._flush(group)
@@ -81,6 +86,8 @@ class Committer:
                 if not isinstance(exc, Exception):
                     raise
                 return
+            finally:
+                self._flushing = None
             group.done.set_result(None)
             for action in group.after:
                 action()
@@ -90,7 +97,14 @@ class Committer:
         for failed in (group, self._open):
             if failed is not None and not failed.done.done():
                 failed.done.set_exception(exc)
+                failed.done.exception()  # told to the job below; steps need not await it
         self._failed(exc)
+
+    async def drain(self) -> None:
+        """Wait until everything changed so far is committed (or has failed)."""
+        for group in (self._flushing, self._open):
+            if group is not None:
+                await asyncio.wait([group.done])
 
     async def stop(self) -> None:
         """Commit what is open, then stop; a flush in progress is never cut short."""

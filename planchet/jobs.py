@@ -5,7 +5,7 @@ The rules that keep every item exactly once in the output:
 * Items move between *unread* (the file past the cursor), *queued*, *leased* and
   *written*/*failed* only by changes that Redis commits atomically (``commit``: a
   group of steps is one MULTI/EXEC), after the files they name are fsynced.
-* Each step changes memory at once and is answered once its group is committed, so
+* Each step changes memory at once and joins the open group commit (``commit``), so
   steps never wait on each other's disk or Redis round trips: they share them.
 * ``open`` truncates the files back to the committed offsets and puts every lease back
   in the queue: after a crash no lease has a live owner. That one recovery path serves
@@ -119,6 +119,11 @@ class Job:
     def _forget(self) -> None:
         """Drop memory of work in progress, kept by a subclass (reloaded by ``open``)."""
 
+    async def flushed(self) -> None:
+        """Wait until every step so far is committed (or the job broke)."""
+        if self._committer is not None:
+            await self._committer.drain()
+
     async def close(self) -> None:
         """Stop the job for good (deleted, replaced, server stopping): no step after this.
 
@@ -133,14 +138,20 @@ class Job:
         self.announce(event)
         self._notify()
 
-    async def set_state(self, state: JobState) -> None:
+    async def set_state(self, state: JobState, event: str | None = None) -> None:
+        """Pause at once, resume once committed; then tell the watchers ``event``, before
+        any of them is woken to push a batch."""
         if self.state == DONE:
             return
         group = self._group()
         group.change.fields["state"] = state
-        self.state = state
-        self._notify()
+        if state != RUNNING:
+            self.state = state
         await self._wait(group)
+        self.state = state
+        if event:
+            self.announce(event)
+        self._notify()
 
     @property
     def done(self) -> bool:
@@ -232,9 +243,8 @@ class Job:
             group = self._group()
             lease = self._lease_queued(group, owner) or self._lease_fresh(group, owner, batch_size)
             self._check_done()
-            await self._wait(group)
-            if lease is not None:
-                return lease if lease.id in self.leases else None
+            if lease is not None:  # sent before its commit lands: see ``commit``
+                return lease
         return None
 
     async def _ready(self, ahead: ReadAhead, batch_size: int) -> None:
@@ -322,8 +332,9 @@ class Job:
             group.change.leases[lease.id] = pack(_packed(pending))
         else:
             self._end(group, lease)
-        self._check_done()
-        await self._wait(group)
+        finishing = self._check_done()
+        if finishing is not None:  # the last result: answered once ``done`` is committed
+            await self._wait(finishing)
         return Ack(job=self.name, lease=lease_id, written=written, retried=len(requeue),
                    failed=len(dead),
                    dropped=len(results) + len(errors) - len(accepted) - len(failing))

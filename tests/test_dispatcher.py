@@ -375,6 +375,7 @@ async def test_clean_start_replaces_a_job(
     await peer.credit(1)
     await peer.settle(await peer.next_batch())
     await peer.next_batch()
+    await old.flushed()
     assert (data_dir / "j.out.jsonl").stat().st_size > 0
 
     fresh = {"input_file_path": "in.jsonl", "output_file_path": "fresh.jsonl"}
@@ -600,21 +601,23 @@ async def test_closing_gives_the_work_back(
 async def test_a_redis_restart_breaks_the_job_and_maintenance_mends_it(
     dispatcher: Dispatcher, issues_input: Path, data_dir: Path, redis_proc: RedisProcess
 ) -> None:
+    """Redis killed mid-job: the next commit fails and breaks the job, which says why;
+    once Redis is back, maintenance reopens it and the job ends exactly once."""
     worker = Peer(dispatcher)
     await worker.start(batch_size=20)
     job = dispatcher.jobs["j"]
     await worker.credit(2)
-    working = asyncio.create_task(worker.work())
-
-    await eventually(lambda: job.counts["written"] >= 200, "progress", WAIT)
+    for _ in range(10):
+        await worker.settle(await worker.next_batch())
     redis_proc.kill()
+    await worker.settle(await worker.next_batch())  # answered; its commit fails
     await eventually(lambda: bool(job.broken), "the job to notice", WAIT)
     assert job.broken and job.broken.kind is Fault.STORAGE
     report = await worker.command("report")
     assert report["error"] == str(job.broken)
     redis_proc.start()
 
-    await asyncio.wait_for(working, WAIT)
+    await asyncio.wait_for(worker.work(), WAIT)
     assert job.done and job.broken is None
     assert sorted(output_ids(data_dir / "j.out.jsonl")) == list(range(LINES))
     assert error_ids(data_dir / "j.out.jsonl.errors.jsonl") == []

@@ -188,6 +188,7 @@ class JobRun:
     async def check(self) -> None:
         """Every id in exactly one place; files, Redis, memory and counts agree."""
         job, name = self.job, self.spec.name
+        await job.flushed()  # answers come before commits; the state to check is committed
         out, out_bytes = file_ids(Path(self.spec.output_path or ""))
         err, err_bytes = file_ids(Path(self.spec.error_path))
         for key, ids in (("out", out), ("err", err)):  # appended to, never undone

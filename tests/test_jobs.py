@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from planchet.embedded import RedisProcess
-from planchet.exceptions import BadRequest, FormatError, ServerError, Unavailable
+from planchet.exceptions import BadRequest, FormatError, ServerError
 from planchet.jobs import Job
-from planchet.messages import ItemError, StartJob
+from planchet.messages import Ack, ItemError, StartJob
 from planchet.spec import build_spec
 from planchet.state import DONE, PAUSED, RUNNING, Fault, Lease
 from planchet.store import Store
@@ -104,6 +104,14 @@ def items_of(lease: Lease) -> list[tuple[int, Any]]:
     return [(i, item) for i, (item, _) in lease.items.items()]
 
 
+async def settled(job: Job, lease: str | None, results: list[Any],
+                  errors: list[ItemError]) -> Ack:
+    """``job.settle``, then wait for its group commit, so files and Redis show it."""
+    ack = await job.settle(lease, results, errors)
+    await job.flushed()
+    return ack
+
+
 async def drain(job: Job, owner: Owner | None = None) -> None:
     """Lease and settle, echoing every item, until the job is done."""
     owner = owner or Owner()
@@ -114,7 +122,7 @@ async def drain(job: Job, owner: Owner | None = None) -> None:
         if lease is None and job.done:  # reading the end of the file finished it
             return
         assert lease is not None, f"job stalled: {job.report()}"
-        await job.settle(lease.id, items_of(lease), [])
+        await settled(job, lease.id, items_of(lease), [])
     raise AssertionError("the job never finished")
 
 
@@ -157,7 +165,7 @@ async def test_a_full_run_writes_or_fails_every_id_exactly_once(
         results = [(i, {"n": i, "source": lease.items[i][0]}) for i in chosen if i not in bad]
         errors = [ItemError(id=i, message=f"cannot do {i}", retry=i not in refused)
                   for i in chosen if i in bad]
-        ack = await job.settle(lease.id, results, errors)
+        ack = await settled(job, lease.id, results, errors)
         assert ack.dropped == 0
         assert ack.written + ack.retried + ack.failed == len(chosen)
         for key in totals:
@@ -197,17 +205,17 @@ async def test_the_first_result_wins(store: Store, data_dir: Path, small_input: 
     assert lease is not None
     assert sorted(lease.items) == [0, 1, 2, 3]
 
-    ack = await job.settle(lease.id, [(0, "first"), (0, "again"), (1, "first")], [])
+    ack = await settled(job, lease.id, [(0, "first"), (0, "again"), (1, "first")], [])
     assert (ack.written, ack.dropped) == (2, 1)
-    ack = await job.settle(lease.id, [(0, "late"), (2, "first")],
+    ack = await settled(job, lease.id, [(0, "late"), (2, "first")],
                            [ItemError(id=1, message="late error")])
     assert (ack.written, ack.failed, ack.dropped) == (1, 0, 2)
     assert sorted(lease.items) == [3]  # the rest stays leased
-    ack = await job.settle(lease.id, [(3, "first"), (9, "never leased")], [])
+    ack = await settled(job, lease.id, [(3, "first"), (9, "never leased")], [])
     assert (ack.written, ack.dropped) == (1, 1)
     assert lease.id not in job.leases
 
-    ack = await job.settle(lease.id, [(i, "duplicate") for i in range(4)], [])
+    ack = await settled(job, lease.id, [(i, "duplicate") for i in range(4)], [])
     assert (ack.written, ack.dropped, ack.lease) == (0, 4, lease.id)
     assert output_of(job) == {i: "first" for i in range(4)}
     assert errors_of(job) == {}
@@ -217,7 +225,7 @@ async def test_a_result_for_an_unknown_lease_is_dropped(
     store: Store, data_dir: Path, small_input: list
 ) -> None:
     job = await new_job(store, data_dir)
-    ack = await job.settle("no-such-lease", [(0, "x")], [ItemError(id=1, message="m")])
+    ack = await settled(job, "no-such-lease", [(0, "x")], [ItemError(id=1, message="m")])
     assert (ack.written, ack.failed, ack.dropped) == (0, 0, 2)
     assert output_of(job) == {}
 
@@ -227,7 +235,7 @@ async def test_a_result_needs_a_lease_unless_the_job_is_write_only(
 ) -> None:
     job = await new_job(store, data_dir)
     with pytest.raises(BadRequest, match="lease"):
-        await job.settle(None, [(0, "x")], [])
+        await settled(job, None, [(0, "x")], [])
 
 
 async def test_a_late_result_after_expiry_is_dropped_and_the_items_served_again(
@@ -242,13 +250,13 @@ async def test_a_late_result_after_expiry_is_dropped_and_the_items_served_again(
     assert job.leases == {} and slow.leases == set()
     assert slow.wakes == 1  # its credit is free again
 
-    ack = await job.settle(lease.id, [(0, "late"), (1, "late"), (2, "late")], [])
+    ack = await settled(job, lease.id, [(0, "late"), (1, "late"), (2, "late")], [])
     assert (ack.written, ack.dropped) == (0, 3)
 
     again = await job.lease(other, 3)
     assert again is not None and again.id != lease.id
     assert again.items == {i: ({"n": i}, 1) for i in range(3)}  # one attempt used up
-    ack = await job.settle(again.id, [(i, "on time") for i in range(3)], [])
+    ack = await settled(job, again.id, [(i, "on time") for i in range(3)], [])
     assert ack.written == 3
     assert output_of(job) == {i: "on time" for i in range(3)}
 
@@ -278,7 +286,7 @@ async def test_release_requeues_an_owners_leases_at_once(
     second = await job.lease(gone, 3)
     kept = await job.lease(stays, 3)
     assert first and second and kept
-    await job.settle(second.id, [(3, "done")], [])  # 4 and 5 still leased
+    await settled(job, second.id, [(3, "done")], [])  # 4 and 5 still leased
 
     await job.release(gone)
     assert gone.leases == set()
@@ -308,9 +316,9 @@ async def test_reopening_after_a_crash_cuts_files_back_and_requeues_leases(
     leases = [await crashed.lease(owner, 10) for _ in range(5)]
     assert all(leases)
     for lease in leases[:2]:
-        await crashed.settle(lease.id, items_of(lease), [])
+        await settled(crashed, lease.id, items_of(lease), [])
     assert sorted(leases[2].items) == list(range(20, 30))
-    await crashed.settle(leases[2].id, items_of(leases[2])[:5],
+    await settled(crashed, leases[2].id, items_of(leases[2])[:5],
                          [ItemError(id=25, message="gone", retry=False)])
     out, err = Path(crashed.spec.output_path or ""), Path(crashed.spec.error_path)
     committed = crashed.counts["out_offset"], crashed.counts["err_offset"]
@@ -327,7 +335,7 @@ async def test_reopening_after_a_crash_cuts_files_back_and_requeues_leases(
     assert job.queued == 4 + 10 + 10  # rest of the partial lease, two untouched ones
     assert (job.counts["next_id"], job.counts["written"], job.counts["failed"]) == (50, 25, 1)
 
-    ack = await job.settle(leases[3].id, items_of(leases[3]), [])  # from before the crash
+    ack = await settled(job, leases[3].id, items_of(leases[3]), [])  # from before the crash
     assert (ack.written, ack.dropped) == (0, 10)
     await drain(job)
     assert set(output_of(job)) == set(range(LINES)) - {25}
@@ -344,7 +352,7 @@ async def test_resume_seeks_instead_of_reading_again(
     leases = [await crashed.lease(owner, 50) for _ in range(4)]
     assert all(leases)
     for lease in leases[:3]:
-        await crashed.settle(lease.id, items_of(lease), [])
+        await settled(crashed, lease.id, items_of(lease), [])
     consumed = crashed.counts["offset"]
     assert crashed.counts["next_id"] == 200
     assert 0 < consumed < len(source)
@@ -367,6 +375,7 @@ async def test_reopen_refuses_an_input_that_changed_under_the_cursor(
     job = await new_job(store, data_dir, batch_size=3)
     lease = await job.lease(Owner(), 3)
     assert lease is not None
+    await job.flushed()
     (data_dir / "in.jsonl").write_bytes(b'{"x": 1}\n')  # shorter than the committed offset
     with pytest.raises(FormatError, match="offset"):
         await reopen(job)
@@ -440,7 +449,7 @@ async def test_a_result_the_writer_cannot_encode_is_failed(
     job = await new_job(store, data_dir, batch_size=3)
     lease = await job.lease(Owner(), 3)
     assert lease is not None
-    ack = await job.settle(lease.id, [(0, "ok"), (1, {1, 2}), (2, "ok")], [])
+    ack = await settled(job, lease.id, [(0, "ok"), (1, {1, 2}), (2, "ok")], [])
     assert (ack.written, ack.failed) == (2, 1)
     assert output_of(job) == {0: "ok", 2: "ok"}
     assert "cannot write result" in errors_of(job)[1]["error"]
@@ -462,15 +471,15 @@ async def test_a_csv_job(store: Store, data_dir: Path) -> None:
 async def test_write_only_jobs_write_each_id_once(store: Store, data_dir: Path) -> None:
     job = await new_job(store, data_dir, mode="write", reader=None,
                         metadata={"output_file_path": "w.jsonl"})
-    ack = await job.settle(None, [(1, "a"), (2, "b"), (1, "second")], [])
+    ack = await settled(job, None, [(1, "a"), (2, "b"), (1, "second")], [])
     assert (ack.lease, ack.written, ack.dropped) == (None, 2, 1)
-    ack = await job.settle(None, [(2, "again"), (3, "c")], [ItemError(id=4, message="bad")])
+    ack = await settled(job, None, [(2, "again"), (3, "c")], [ItemError(id=4, message="bad")])
     assert (ack.written, ack.dropped, ack.failed) == (1, 1, 1)
     assert await job.lease(Owner(), 10) is None  # nothing to hand out
     assert not job.done  # a write-only job ends when its producers say so
 
     job = await reopen(job)  # the ids survive a restart
-    ack = await job.settle(None, [(1, "after restart"), (5, "e")], [])
+    ack = await settled(job, None, [(1, "after restart"), (5, "e")], [])
     assert (ack.written, ack.dropped) == (1, 1)
     assert output_of(job) == {1: "a", 2: "b", 3: "c", 5: "e"}
     assert set(errors_of(job)) == {4}
@@ -482,8 +491,8 @@ async def test_write_only_an_id_both_written_and_failed_is_still_written(
     """An error next to a result for the same id must not unblock a second result."""
     job = await new_job(store, data_dir, mode="write", reader=None,
                         metadata={"output_file_path": "w.jsonl"})
-    await job.settle(None, [(7, "written")], [ItemError(id=7, message="and failed")])
-    ack = await job.settle(None, [(7, "written twice?")], [])
+    await settled(job, None, [(7, "written")], [ItemError(id=7, message="and failed")])
+    ack = await settled(job, None, [(7, "written twice?")], [])
     assert (ack.written, ack.dropped) == (0, 1)
     assert output_of(job) == {7: "written"}
 
@@ -494,9 +503,9 @@ async def test_write_only_a_result_the_writer_refused_is_settled_as_failed(
     """Each id ends once, in the output or in the error file: never in both."""
     job = await new_job(store, data_dir, mode="write", reader=None,
                         metadata={"output_file_path": "w.jsonl"})
-    ack = await job.settle(None, [(1, {1, 2})], [])  # a set: not JSON
+    ack = await settled(job, None, [(1, {1, 2})], [])  # a set: not JSON
     assert (ack.written, ack.failed) == (0, 1)
-    ack = await job.settle(None, [(1, [1, 2])], [ItemError(id=1, message="again")])
+    ack = await settled(job, None, [(1, [1, 2])], [ItemError(id=1, message="again")])
     assert (ack.written, ack.failed, ack.dropped) == (0, 0, 2)
     assert output_of(job) == {}
     assert job.counts["failed"] == 1
@@ -510,7 +519,7 @@ async def test_read_only_jobs_ack_without_output(
     owner = Owner()
     lease = await job.lease(owner, 4)
     assert lease is not None
-    ack = await job.settle(lease.id, items_of(lease)[:3], [ItemError(id=3, message="x",
+    ack = await settled(job, lease.id, items_of(lease)[:3], [ItemError(id=3, message="x",
                                                                      retry=False)])
     assert (ack.written, ack.failed) == (3, 1)
     await drain(job, owner)
@@ -534,7 +543,7 @@ async def test_pause_stops_leasing_and_resume_continues(
     await job.set_state(PAUSED)
     assert watcher.wakes == 1  # subscriptions stop asking
     assert await job.lease(watcher, 2) is None
-    ack = await job.settle(before.id, items_of(before), [])  # work in flight still lands
+    ack = await settled(job, before.id, items_of(before), [])  # work in flight still lands
     assert ack.written == 2
     assert (await store.read_job("j"))["state"] == PAUSED
 
@@ -562,17 +571,17 @@ async def test_done_exactly_when_everything_is_written_or_failed(
     assert await job.lease(watcher, 2) is None  # the end of the file, all in flight
     assert job.counts["exhausted"] and not job.done
 
-    await job.settle(a.id, items_of(a), [])
-    await job.settle(b.id, items_of(b)[:1], [])
+    await settled(job, a.id, items_of(a), [])
+    await settled(job, b.id, items_of(b)[:1], [])
     assert not job.done
-    await job.settle(b.id, items_of(b), [])
-    await job.settle(c.id, [], [ItemError(id=4, message="flaky")])  # retried
+    await settled(job, b.id, items_of(b), [])
+    await settled(job, c.id, [], [ItemError(id=4, message="flaky")])  # retried
     assert not job.done and job.queued == 1
     retry = await job.lease(watcher, 2)
     assert retry is not None and retry.items == {4: ({"n": 4}, 1)}
     assert not job.done
     wakes = watcher.wakes
-    await job.settle(retry.id, [], [ItemError(id=4, message="flaky")])  # out of attempts
+    await settled(job, retry.id, [], [ItemError(id=4, message="flaky")])  # out of attempts
     assert job.done
     assert watcher.wakes > wakes
     assert (await store.read_job("j"))["state"] == DONE
@@ -607,7 +616,7 @@ async def test_report_tracks_progress(store: Store, data_dir: Path, issues_input
     assert report["eta_seconds"] is None
     lease = await job.lease(Owner(), 100)
     assert lease is not None
-    await job.settle(lease.id, items_of(lease)[:60], [])
+    await settled(job, lease.id, items_of(lease)[:60], [])
     report = job.report()
     assert (report["read"], report["written"], report["in_flight"], report["queued"]) == (
         100, 60, 40, 0)
@@ -625,18 +634,17 @@ async def test_a_redis_failure_breaks_the_job_until_it_is_reopened(
     owner = Owner()
     lease = await job.lease(owner, 3)
     assert lease is not None
-    await job.settle(lease.id, items_of(lease)[:1], [])
+    await settled(job, lease.id, items_of(lease)[:1], [])
     committed = job.counts["out_offset"]
 
     rest = items_of(lease)
     assert len(rest) == 2
 
     redis_proc.kill()
-    with pytest.raises(ServerError, match="storage failed"):
-        await job.settle(lease.id, rest, [])
+    await settled(job, lease.id, rest, [])  # answered; its commit fails, the job breaks
     assert job.broken and job.broken.kind is Fault.STORAGE
     assert await job.lease(owner, 3) is None
-    ack = await job.settle(lease.id, rest, [])
+    ack = await settled(job, lease.id, rest, [])
     assert ack.dropped == 2  # nothing is taken while the state cannot be committed
     with pytest.raises(ServerError, match="storage failed"):
         await job.open()  # Redis still down: a ServerError, not a raw Redis error
@@ -662,7 +670,7 @@ async def test_a_job_whose_state_redis_lost_is_not_reopened(
     job = await new_job(store, data_dir, batch_size=4)
     lease = await job.lease(Owner(), 4)
     assert lease is not None
-    await job.settle(lease.id, items_of(lease), [])
+    await settled(job, lease.id, items_of(lease), [])
     size = Path(job.spec.output_path or "").stat().st_size
     await redis_client.flushall()
     with pytest.raises(ServerError, match="gone from Redis"):
@@ -683,10 +691,11 @@ async def test_a_failed_error_log_write_cannot_make_a_result_count_twice(
     assert job.files.errors is not None
     job.files.errors.close()  # the error log cannot be written (a full disk, say)
     items = items_of(lease)
-    with pytest.raises(Unavailable, match="not open for writing"):  # nothing was taken
-        await job.settle(lease.id, items[:2], [ItemError(id=2, message="no", retry=False)])
+    # answered at once; its group commit fails after, and with it the job
+    await settled(job, lease.id, items[:2], [ItemError(id=2, message="no", retry=False)])
     assert job.broken and job.broken.kind is Fault.STEP  # maintenance will reopen it
-    ack = await job.settle(lease.id, items, [])
+    assert "not open for writing" in job.broken.reason
+    ack = await settled(job, lease.id, items, [])
     assert ack.dropped == 4  # nothing more lands on top of the uncommitted bytes
 
     await job.open()
@@ -701,9 +710,10 @@ async def test_a_failed_error_log_write_does_not_skip_what_was_read(
     job = await new_job(store, data_dir, batch_size=2)
     assert job.files.errors is not None
     job.files.errors.close()
-    with pytest.raises(Unavailable, match="not open for writing"):
-        await job.lease(Owner(), 2)  # read 0, 1 (bad), 2; could not log 1
+    await job.lease(Owner(), 2)  # read 0, 1 (bad), 2; logging 1 fails when committed
+    await job.flushed()
     assert job.broken and job.broken.kind is Fault.STEP
+    assert "not open for writing" in job.broken.reason
     await job.open()
     await drain(job)
     assert output_of(job) == {0: {"n": 0}, 2: {"n": 2}, 3: {"n": 3}}
@@ -721,5 +731,5 @@ async def test_report_survives_an_input_removed_after_reading(
     (data_dir / "in.jsonl").unlink()
     report = job.report()
     assert report["bytes_total"] == report["bytes_read"] == job.counts["offset"]
-    await job.settle(lease.id, items_of(lease), [])
+    await settled(job, lease.id, items_of(lease), [])
     assert job.done
