@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import secrets
 import time
@@ -58,6 +59,7 @@ class Job:
         self._committer: Committer | None = None
         self._finishing: Group | None = None  # the group that commits ``done``
         self._opening = asyncio.Lock()
+        self._lease_prefix, self._lease_numbers = "", itertools.count()
         self.rate = Rate()  # items settled per second, recently
 
     @property
@@ -96,6 +98,8 @@ class Job:
         if self.files.reader is not None:
             self.ahead = ReadAhead(self.files.reader, self.counts["offset"], self._ahead_changed)
         self.broken = None
+        self._lease_prefix = secrets.token_hex(5)  # lease ids: unique across reopens,
+        self._lease_numbers = itertools.count()  # cheap within one
         self._finishing = None
         self.rate.clear()
         finishing = self._check_done()
@@ -282,7 +286,7 @@ class Job:
 
     def _hold(self, group: Group, blob: bytes, items: list[LeasedItem], owner: Watcher) -> Lease:
         lease = Lease(
-            secrets.token_hex(8),
+            f"{self._lease_prefix}{next(self._lease_numbers):06x}",
             {i: (item, attempts) for i, item, attempts in items},
             owner,
             time.monotonic() + self.spec.lease_timeout,
