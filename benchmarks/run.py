@@ -4,7 +4,7 @@
 
 Parts, in order: throughput (against the bare dispatcher of ceiling.py), memory
 (1M and 10M items), requeue latency, resume, connections (1,000), many jobs (100) and
-adaptive batching (not measured yet). --quick runs every part small: 20,000 items,
+adaptive batching. --quick runs every part small: 20,000 items,
 the four throughput cells of the issue, the 1M-item file only, 10 requeue trials.
 Figures print as they are measured; a table of all of them, and how long each part
 took, comes at the end. docs/performance.md says what each figure means.
@@ -105,8 +105,6 @@ def measure(args: argparse.Namespace, rows: list[common.Row], took: dict[str, fl
     for name in args.parts:
         print(f"\n== {name} ==", flush=True)
         began = time.monotonic()
-        if name == "adaptive":
-            print(adaptive.NOT_YET)
         try:
             for row in PARTS[name](args):
                 rows.append(row)
