@@ -9,6 +9,7 @@ Children also get SIGTERM from the kernel if this process dies without cleaning 
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import ctypes
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -389,3 +390,20 @@ def wait_settled(admin: Any, job: str, target: float, timeout: float) -> dict[st
 def check_done(report: dict[str, Any], n_items: int) -> None:
     if (report["state"], report["written"], report["failed"]) != ("done", n_items, 0):
         raise Failed(f"job {report['job']} is not done with {n_items} written: {report}")
+
+
+def standalone(doc: str, run: Callable[[argparse.Namespace], Iterator[Row]],
+               *configure: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Run one part alone: parse ``--quick`` and what ``configure`` adds, print each figure."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small")
+    for add in configure:
+        add(parser)
+    args = parser.parse_args()
+    install_cleanup()
+    for row in run(args):
+        print(row.line(), flush=True)
+
+
+def add_items(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--items", type=int, help="default 200,000; 20,000 with --quick")

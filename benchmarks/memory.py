@@ -70,12 +70,7 @@ def run(args: argparse.Namespace) -> Iterator[common.Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the 1M-item file only")
-    args = parser.parse_args()
-    common.install_cleanup()
-    for row in run(args):
-        print(row.line(), flush=True)
+    common.standalone(__doc__, run)
 
 
 if __name__ == "__main__":

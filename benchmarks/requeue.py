@@ -148,13 +148,11 @@ def main() -> None:
     if sys.argv[1:2] == ["hold"]:
         asyncio.run(hold(sys.argv[2], sys.argv[3]))
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.standalone(__doc__, run, add_trials)
+
+
+def add_trials(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, help="trials of each kind (50; 10 with --quick)")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    common.install_cleanup()
-    for row in run(args):
-        print(row.line(), flush=True)
 
 
 if __name__ == "__main__":

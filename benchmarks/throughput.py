@@ -76,14 +76,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, help="default 200,000; 20,000 with --quick")
-    parser.add_argument("--quick", action="store_true")
-    add_options(parser)
-    args = parser.parse_args()
-    common.install_cleanup()
-    for row in run(args):
-        print(row.line(), flush=True)
+    common.standalone(__doc__, run, common.add_items, add_options)
 
 
 if __name__ == "__main__":
