@@ -78,9 +78,12 @@ class Committer:
                 continue
             group, self._open = self._open, None
             self._flushing = group
-            self._seal(group)
-            try:
+            try:  # any failure, even in sealing or an after-commit action, breaks the job
+                self._seal(group)
                 await self._flush(group)
+                group.done.set_result(None)
+                for action in group.after:
+                    action()
             except BaseException as exc:
                 self._fail(exc, group)
                 if not isinstance(exc, Exception):
@@ -88,9 +91,6 @@ class Committer:
                 return
             finally:
                 self._flushing = None
-            group.done.set_result(None)
-            for action in group.after:
-                action()
 
     def _fail(self, exc: BaseException, group: Group) -> None:
         self._failure = exc

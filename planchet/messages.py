@@ -240,10 +240,14 @@ def _validate(adapter: TypeAdapter[Any], frame: bytes | str | dict[str, Any]) ->
         if errors[0]["type"] == "union_tag_invalid":  # pydantic would echo the type twice
             known = errors[0]["ctx"]["expected_tags"]
             raise ProtocolError(f"unknown message type {kind!r}; known: {known}") from None
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}" for e in errors[:5]
-        )
+        problems = _problems(errors)
         raise ProtocolError(f"invalid {kind!r} message: {problems}") from None
+
+
+def _problems(errors: list[Any]) -> str:
+    """pydantic's first five complaints, each as ``where: what``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'frame'}: {e['msg']}"
+                     for e in errors[:5])
 
 
 def _shorten(text: str, limit: int = 40) -> str:
@@ -276,11 +280,12 @@ _BATCH_KEYS = frozenset({"type", "job", "lease", "items", "lease_timeout"})
 _ERROR_KEYS = frozenset({"id", "message", "retry"})
 
 
-def _items(value: Any) -> list[Item] | None:
+def _items(value: Any, kinds: tuple[type, ...] = (list,)) -> list[Item] | None:
+    """``[(id, item), ...]`` if ``value`` is a list of pairs (of ``kinds``) with int ids."""
     if type(value) is not list:
         return None
     for pair in value:
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
+        if type(pair) not in kinds or len(pair) != 2 or type(pair[0]) is not int:
             return None
     return [(i, item) for i, item in value]
 
@@ -326,16 +331,14 @@ def make_result(job: str, lease: str | None, items: list[Any],
                 errors: list[ItemError] | None = None, token: str | None = None) -> Result:
     """A ``result`` built by a client from its worker's values: checked quickly when the
     values are plain, by the model otherwise; BadRequest says what is wrong."""
-    pairs = [list(pair) if type(pair) is tuple else pair for pair in items]
-    quick = _items(pairs)
+    quick = _items(items, (list, tuple))
     if quick is not None and all(type(e) is ItemError for e in errors or []):
         return Result.model_construct(job=job, lease=lease, items=quick, errors=errors or [],
                                       token=token)
     try:
         return Result(job=job, lease=lease, items=items, errors=errors or [], token=token)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors(include_url=False)[:5])
+        problems = _problems(exc.errors(include_url=False))
         raise BadRequest(f"these results cannot be sent: {problems}") from None
 
 
