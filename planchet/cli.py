@@ -63,7 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token, allow_origins=args.allow_origin,
         max_connections=args.max_connections,
         max_pending_connections=args.max_pending_connections, crash_grace=args.crash_grace,
-        compression=args.compression or None,
+        compression=args.compression or None, resume_grace=args.resume_grace,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, pages_dir=args.pages,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(run(settings))
@@ -259,6 +260,14 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument("--crash-grace", type=float, metavar="SECONDS",
                        help="a worker that vanishes sooner than this after getting a batch "
                             "is not charged an attempt for it (default 1)")
+    serve.add_argument("--resume-grace", type=float, metavar="SECONDS",
+                       help="how long a resumable worker that dropped (a browser tab "
+                            "reloading, a Wi-Fi blip) keeps its batches (default 10)")
+    serve.add_argument("--tls-cert", metavar="PATH",
+                       help="certificate chain (PEM): serve wss:// and https://")
+    serve.add_argument("--tls-key", metavar="PATH", help="private key (PEM) of --tls-cert")
+    serve.add_argument("--pages", metavar="DIR",
+                       help="serve the files of DIR at /pages/ (your browser work modules)")
     serve.set_defaults(func=_serve)
 
 

@@ -36,6 +36,11 @@ class Settings:
     allow_origins: tuple[str, ...] = ()
     max_connections: int = 1000  # open WebSocket connections; past it an upgrade gets 503
     max_pending_connections: int = 100  # of those, not yet past hello; the oldest give way
+    # a resumable session that drops keeps its leases this long for a reconnect to take back
+    resume_grace: float = 10.0
+    tls_cert: Path | None = None  # with tls_key: serve wss:// and https://
+    tls_key: Path | None = None
+    pages_dir: Path | None = None  # a directory of the user's own files, served at /pages/
 
     @property
     def embedded_redis_dir(self) -> Path:
@@ -64,7 +69,15 @@ class Settings:
             allow_origins=_origins(settings.allow_origins),
             max_connections=int(settings.max_connections),
             max_pending_connections=int(settings.max_pending_connections),
+            resume_grace=float(settings.resume_grace),
+            tls_cert=_path(settings.tls_cert),
+            tls_key=_path(settings.tls_key),
+            pages_dir=_path(settings.pages_dir),
         )
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value).resolve()
 
 
 def _origins(value: str | Iterable[str]) -> tuple[str, ...]:
