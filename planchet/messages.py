@@ -52,6 +52,10 @@ class Hello(Message):
     protocol: Int
     token: str | None = None
     client: str | None = None
+    # keep this session's leases for ``resume_grace`` seconds if the connection drops
+    resumable: StrictBool = False
+    session: str | None = Field(default=None, max_length=64)  # resume that session
+    leases: list[str] = Field(default=[], max_length=MAX_PREFETCH * 64)  # held: not resent
 
 
 class Credit(Message):
@@ -61,6 +65,8 @@ class Credit(Message):
     job: JobName
     batches: Int = Field(ge=0, le=MAX_PREFETCH)
     batch_size: Int | None = Field(default=None, ge=1, le=MAX_BATCH_SIZE)
+    # no batch frame pushed for this job is larger than this (bytes), but a lone big item
+    max_batch_bytes: Int | None = Field(default=None, ge=1024, le=2**31)
     token: str | None = None
 
 
@@ -80,6 +86,28 @@ class Result(Message):
     lease: str | None = None
     items: list[Item] = []
     errors: list[ItemError] = []
+    token: str | None = None
+
+
+class Release(Message):
+    """Hand back a lease's pending items (``ids`` None: all of them), no attempt charged."""
+
+    type: Literal["release"] = "release"
+    id: Id
+    job: JobName
+    lease: str
+    ids: list[Id] | None = Field(default=None, max_length=MAX_BATCH_SIZE)
+    token: str | None = None
+
+
+class Extend(Message):
+    """Push a lease's deadline to ``seconds`` from now (None: the job's lease_timeout)."""
+
+    type: Literal["extend"] = "extend"
+    id: Id
+    job: JobName
+    lease: str
+    seconds: Seconds | None = Field(default=None, gt=0)
     token: str | None = None
 
 
@@ -119,6 +147,34 @@ class ServerCommand(Message):
     token: str | None = None
 
 
+class Grant(Message):
+    """Create a worker token: it may only take batches and send results for ``jobs``."""
+
+    type: Literal["grant"] = "grant"
+    id: Id
+    jobs: list[JobName] = Field(min_length=1, max_length=1000)
+    label: str | None = Field(default=None, max_length=200)
+    token: str | None = None
+
+
+class Tokens(Message):
+    """List the worker tokens of a job (or of every job, with the master token)."""
+
+    type: Literal["tokens"] = "tokens"
+    id: Id
+    job: JobName | None = None
+    token: str | None = None
+
+
+class Revoke(Message):
+    """Revoke the worker token whose key is ``key``."""
+
+    type: Literal["revoke"] = "revoke"
+    id: Id
+    key: str = Field(max_length=64)
+    token: str | None = None
+
+
 # --- server to client -------------------------------------------------------------
 
 
@@ -127,6 +183,9 @@ class Welcome(Message):
     protocol: int = PROTOCOL_VERSION
     server: str
     max_message_bytes: int
+    session: str | None = None  # present it in a later hello to resume (resumable only)
+    resume_grace: float = 0.0
+    resumed: bool = False  # the hello's session was found and taken over
 
 
 class Batch(Message):
@@ -172,13 +231,24 @@ class Error(Message):
     message: str
     id: int | None = None
     job: str | None = None
+    retry_after: float | None = None  # seconds: worth trying again then (``unavailable``)
+
+
+class Goodbye(Message):
+    """Sent before the server closes a connection with 1001: come back after a while."""
+
+    type: Literal["goodbye"] = "goodbye"
+    reason: str
+    retry_after: float | None = None
 
 
 ClientMessage = Annotated[
-    Hello | Credit | Result | StartJob | JobCommand | ServerCommand, Field(discriminator="type")
+    Hello | Credit | Result | Release | Extend | StartJob | JobCommand | ServerCommand | Grant
+    | Tokens | Revoke,
+    Field(discriminator="type"),
 ]
 ServerMessage = Annotated[
-    Welcome | Batch | Ack | Reply | Event | Error, Field(discriminator="type")
+    Welcome | Batch | Ack | Reply | Event | Error | Goodbye, Field(discriminator="type")
 ]
 
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
