@@ -51,21 +51,6 @@ def _encodable(value: Any, max_depth: int) -> bool:
     return True
 
 
-def depth(value: Any, limit: int = MAX_DEPTH) -> int:
-    """How deeply lists and dicts nest in ``value`` (0 for a scalar), looking no deeper
-    than ``limit + 1``; a loop, not recursion, so no depth can blow the stack."""
-    if not isinstance(value, list | dict):
-        return 0
-    deepest = 0
-    stack: list[tuple[list | dict, int]] = [(value, 1)]
-    while stack and deepest <= limit:
-        node, level = stack.pop()
-        deepest = max(deepest, level)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, level + 1) for child in children if isinstance(child, list | dict))
-    return deepest
-
-
 def _exact_int(text: str) -> int:
     number = int(text) if len(text) <= 21 else INT_END  # 20 digits and a sign at most
     if not INT_MIN <= number < INT_END:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from planchet import strictjson
-from planchet.strictjson import INT_END, INT_MIN, MAX_DEPTH, depth, loads
+from planchet.strictjson import INT_END, INT_MIN, MAX_DEPTH, loads
 
 
 def nested(levels: int, leaf: Any = 1) -> Any:
@@ -84,15 +84,6 @@ def test_brackets_in_strings_are_no_nesting() -> None:
     """Many brackets inside a string trigger the depth walk but not a refusal."""
     text = '{"a": "' + "[{" * 1000 + '"}'
     assert loads(text) == {"a": "[{" * 1000}
-
-
-def test_depth_is_measured_without_recursion() -> None:
-    """depth() walks 1000 levels with a loop and stops early past its limit."""
-    deep = orjson.loads(b"[" * 1000 + b"]" * 1000)
-    assert depth(deep, limit=2000) == 1000
-    assert depth(deep) == MAX_DEPTH + 1
-    assert depth(7) == 0
-    assert depth({"a": [1, {"b": []}], "c": 2}) == 4
 
 
 def test_invalid_json_is_still_a_value_error() -> None:
