@@ -16,23 +16,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from .client import DEFAULT_URL, FAILURES, close_code, refusal, retry_after, websocket_url
+from .client import (
+    DEFAULT_URL,
+    FAILURES,
+    close_code,
+    forget_released,
+    refusal,
+    retry_after,
+    tls_options,
+    websocket_url,
+)
 from .exceptions import ConnectionLost, PlanchetError, Unavailable
 from .messages import (
     Ack,
     Batch,
     Credit,
+    Extend,
+    Grant,
     Item,
     ItemError,
     JobCommand,
+    Release,
+    Revoke,
     ServerCommand,
     StartJob,
+    Tokens,
     encode,
     make_result,
 )
@@ -57,9 +72,10 @@ class WorkBatch:
 
 class AsyncPlanchetClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
-                 retries: int = 8) -> None:
+                 retries: int = 8, ssl: ssl.SSLContext | None = None) -> None:
         self.url = websocket_url(url)
         self.token = token
+        self.ssl = ssl  # for wss:// URLs: the TLS context (say, trusting a private CA)
         self.retries = retries  # failed connection attempts in a row before ConnectionLost
         self._session = ClientSession(token)
         self._ws: ClientConnection | None = None
@@ -119,7 +135,8 @@ class AsyncPlanchetClient:
         raise ConnectionLost(f"cannot reach {self.url}: {last}") from last
 
     async def _handshake(self) -> ClientConnection:
-        ws = await connect(self.url, max_size=None, open_timeout=10, close_timeout=2)
+        ws = await connect(self.url, max_size=None, open_timeout=10, close_timeout=2,
+                           **tls_options(self.url, self.ssl))
         try:
             await ws.send(encode(self._session.hello()))
             self._session.welcome(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
@@ -196,11 +213,15 @@ class AsyncPlanchetClient:
     # --- work -------------------------------------------------------------------------
 
     async def batches(self, job: str, prefetch: int = 2, batch_size: int | None = None,
-                      token: str | None = None) -> AsyncIterator[WorkBatch]:
-        """Batches of ``job`` as the server pushes them, until the job is done."""
+                      token: str | None = None,
+                      max_batch_bytes: int | None = None) -> AsyncIterator[WorkBatch]:
+        """Batches of ``job`` as the server pushes them, until the job is done.
+
+        ``max_batch_bytes``: no batch frame is bigger, but for a lone item that is.
+        """
         await self._ensure_open()
         self._session.credit(Credit(job=job, batches=prefetch, batch_size=batch_size,
-                                    token=token or self.token))
+                                    max_batch_bytes=max_batch_bytes, token=token or self.token))
         try:
             await self._flush()
             while True:
@@ -221,6 +242,23 @@ class AsyncPlanchetClient:
             return await self._wait(self._session.result(message))
         except Unavailable:  # not taken: the items are requeued when the job reloads
             return dropped(message)
+
+    async def release(self, job: str, lease: str, ids: list[int] | None = None,
+                      token: str | None = None) -> dict[str, Any]:
+        """Hand back items of ``lease`` (``ids``, or every pending one), no attempt
+        charged; the reply: ``{"lease", "released", "dropped"}``."""
+        data = await self._request(Release(id=self._session.next_id(), job=job, lease=lease,
+                                           ids=ids, token=token or self.token))
+        forget_released(self._session, job, lease, ids)
+        return data
+
+    async def extend(self, job: str, lease: str, seconds: float | None = None,
+                     token: str | None = None) -> dict[str, Any]:
+        """Push ``lease``'s deadline to ``seconds`` from now (at most, and None: the job's
+        lease_timeout); the reply: ``{"lease", "held", "lease_timeout"}``."""
+        return await self._request(Extend(
+            id=self._session.next_id(), job=job, lease=lease,
+            seconds=None if seconds is None else float(seconds), token=token or self.token))
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -248,6 +286,26 @@ class AsyncPlanchetClient:
     async def jobs(self, token: str | None = None) -> list[dict[str, Any]]:
         return await self._request(ServerCommand(type="jobs", id=self._session.next_id(),
                                                  token=token or self.token))
+
+    # --- worker tokens -----------------------------------------------------------------
+
+    async def grant_token(self, jobs: str | Sequence[str], label: str | None = None,
+                          token: str | None = None) -> dict[str, Any]:
+        """A new worker token for ``jobs`` (see ``PlanchetClient.grant_token``)."""
+        names = [jobs] if isinstance(jobs, str) else list(jobs)
+        return await self._request(Grant(id=self._session.next_id(), jobs=names,
+                                         label=label, token=token or self.token))
+
+    async def worker_tokens(self, job: str | None = None,
+                            token: str | None = None) -> list[dict[str, Any]]:
+        """The worker tokens of ``job`` (every one, with the master token): no secrets."""
+        return await self._request(Tokens(id=self._session.next_id(), job=job,
+                                          token=token or self.token))
+
+    async def revoke_token(self, key: str, token: str | None = None) -> dict[str, Any]:
+        """Revoke the worker token named ``key``: it stops working at once."""
+        return await self._request(Revoke(id=self._session.next_id(), key=key,
+                                          token=token or self.token))
 
     async def _command(self, op: str, job: str, token: str | None) -> Any:
         return await self._request(JobCommand(type=op, id=self._session.next_id(), job=job,  # type: ignore[arg-type]

@@ -5,12 +5,20 @@ It decides nothing about tokens (``auth`` does, before a request gets here) and 
 nothing of sessions: a job tells its own watchers about events. It also keeps the jobs
 healthy: ``maintain`` expires the leases of hung workers and reopens jobs that a failed
 step or a Redis outage left broken.
+
+It also keeps the worker tokens (``grant``, ``tokens``, ``revoke``) in Redis and in
+``Keys``. A grant names jobs: deleting a job (``delete``, ``purge``) takes it out of
+every grant first, and a grant left with no job is removed, so a new job of the same
+name never inherits an old worker token. ``clean`` and ``clean_start`` keep the grants:
+the job lives on under its name (and a ``clean_start`` that sets a new admin token
+does not cut its workers off; ``revoke`` does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -19,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .auth import Keys, digest
+from .auth import Keys, WorkerGrant, digest
 from .config import Settings
 from .exceptions import JobConflict, JobNotFound, PlanchetError
 from .formats import check_regular
@@ -63,6 +71,26 @@ class Admin:
                 await job.open()
             if job.broken:
                 log.error("job %s cannot be opened: %s", name, job.broken)
+        await self._load_grants()
+
+    async def _load_grants(self) -> None:
+        """Load the worker tokens; drop jobs that are gone (a delete cut short)."""
+        names = set(await self.store.job_names())
+        changes: dict[str, dict[str, Any] | None] = {}
+        for key, record in (await self.store.worker_tokens()).items():
+            try:
+                grant = WorkerGrant.from_record(key, record)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("worker token %s cannot be read, skipped: %r", key, exc)
+                continue
+            kept = tuple(job for job in grant.jobs if job in names)
+            if kept != grant.jobs:
+                grant = dataclasses.replace(grant, jobs=kept)
+                changes[key] = grant.record() if kept else None
+            if kept:
+                self.keys.workers[key] = grant
+        if changes:
+            await self.store.write_worker_tokens(changes)
 
     async def close(self) -> None:
         for job in self.jobs.values():
@@ -134,7 +162,7 @@ class Admin:
                 await job.set_state(PAUSED if kind == "pause" else RUNNING,
                                     "paused" if kind == "pause" else "resumed")
             elif kind == "delete":
-                await self._remove(job)
+                await self._remove(job, ungrant=True)
                 return {"deleted": job.name}
             else:  # clean: start again from the top, with empty output
                 self._check_input(job.spec)
@@ -147,8 +175,50 @@ class Admin:
         async with self._lock:
             names = list(self.jobs)
             for name in names:
-                await self._remove(self.jobs[name])
+                await self._remove(self.jobs[name], ungrant=True)
         return names
+
+    # --- worker tokens --------------------------------------------------------------------
+
+    async def grant(self, jobs: list[str], label: str | None) -> dict[str, Any]:
+        """A new worker token for ``jobs`` (which must exist); the reply shows its secret."""
+        names = list(dict.fromkeys(jobs))
+        async with self._lock:
+            for name in names:
+                self.get(name)
+            grant, token = WorkerGrant.new(names, label, taken=self.keys.workers)
+            await self.store.write_worker_tokens({grant.key: grant.record()})
+            self.keys.workers[grant.key] = grant
+        shown = grant.public()
+        return {"key": shown.pop("key"), "token": token, **shown}
+
+    def worker_tokens(self, job: str | None) -> list[dict[str, Any]]:
+        """The worker tokens of ``job`` (every one if None), oldest first, no secrets."""
+        if job is not None:
+            self.get(job)
+        grants = sorted(self.keys.workers.values(), key=lambda g: (g.created, g.key))
+        return [g.public() for g in grants if job is None or job in g.jobs]
+
+    async def revoke(self, key: str) -> dict[str, Any]:
+        async with self._lock:
+            self.keys.granted(key)  # it may have gone while we waited for the lock
+            await self.store.write_worker_tokens({key: None})
+            del self.keys.workers[key]
+        return {"revoked": key}
+
+    async def _ungrant(self, name: str) -> None:
+        """Take job ``name`` out of every worker token; drop tokens left with no job."""
+        changed = {key: dataclasses.replace(g, jobs=tuple(j for j in g.jobs if j != name))
+                   for key, g in self.keys.workers.items() if name in g.jobs}
+        if not changed:
+            return
+        await self.store.write_worker_tokens(
+            {key: g.record() if g.jobs else None for key, g in changed.items()})
+        for key, grant in changed.items():
+            if grant.jobs:
+                self.keys.workers[key] = grant
+            else:
+                del self.keys.workers[key]
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -205,10 +275,14 @@ class Admin:
         self.keys.jobs[spec.name] = token_digest
         return job
 
-    async def _remove(self, job: Job) -> None:
-        """Forget a job. If Redis fails, the job stays: reopened now, or by maintenance."""
+    async def _remove(self, job: Job, ungrant: bool = False) -> None:
+        """Forget a job (and, if ``ungrant``, its worker tokens: before the job, so a
+        failure between the two leaves fewer rights, never more). If Redis fails, the
+        job stays: reopened now, or by maintenance."""
         await job.close()  # no step of the job can commit after this
         try:
+            if ungrant:
+                await self._ungrant(job.name)
             await self.store.delete_job(job.name, job.spec.files)
         except PlanchetError:
             with contextlib.suppress(PlanchetError):

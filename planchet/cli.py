@@ -3,7 +3,8 @@
 Every client command takes ``--url`` (default ``$PLANCHET_URL``, else
 ws://127.0.0.1:5005) and ``--token-file`` (else ``$PLANCHET_TOKEN``), so a shell that
 exports them can drive a server without repeating itself. ``--token`` works too, with
-a warning: any user of the machine can read it in ``ps``. Errors the server reports
+a warning: any user of the machine can read it in ``ps``. ``--ca-file`` (else
+``$PLANCHET_CA_FILE``) trusts a wss:// server's private certificate. Errors the server reports
 come out as ``planchet: <code>: <message>`` on stderr with exit status 1.
 """
 
@@ -14,11 +15,13 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_tokens import add_token_commands
 from .client import DEFAULT_URL, PlanchetClient
 from .config import DEFAULT_PORT, Settings
 from .display import format_report, format_table
@@ -84,7 +87,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _client(args: argparse.Namespace) -> PlanchetClient:
-    return PlanchetClient(args.url, args.token, retries=2, timeout=60)
+    return PlanchetClient(args.url, args.token, retries=2, timeout=60, ssl=_tls(args))
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """A TLS context trusting ``--ca-file`` as well as the system's CAs; None without one."""
+    if not args.ca_file:
+        return None
+    try:
+        return ssl.create_default_context(cafile=args.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise PlanchetError(f"cannot read the CA file {args.ca_file}: {exc}") from exc
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -167,7 +180,7 @@ def _work(args: argparse.Namespace) -> int:
         raise PlanchetError("planchet work needs a command to run, after --")
     tally = asyncio.run(work(args.job, args.program, url=args.url, token=args.token,
                              prefetch=args.prefetch, batch_size=args.batch_size,
-                             per_batch=args.per_batch))
+                             per_batch=args.per_batch, ssl=_tls(args)))
     print(f"{args.job}: done; {tally.summary()}")
     return 0
 
@@ -221,6 +234,9 @@ def _client_options() -> argparse.ArgumentParser:
     common.add_argument("--url", default=os.environ.get("PLANCHET_URL", DEFAULT_URL),
                         help="server URL (default $PLANCHET_URL or %(default)s)")
     _add_token_options(common, "master or job token (else $PLANCHET_TOKEN)")
+    common.add_argument("--ca-file", metavar="PATH", default=os.environ.get("PLANCHET_CA_FILE"),
+                        help="PEM certificates to trust for a wss:// server, such as a "
+                             "self-signed one (default $PLANCHET_CA_FILE)")
     return common
 
 
@@ -352,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_start(commands, common)
     _add_job_commands(commands, common)
     _add_work(commands, common)
+    add_token_commands(commands, common)
     return parser
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -36,11 +37,16 @@ from .exceptions import (
 from .messages import (
     Batch,
     Credit,
+    Extend,
+    Grant,
     ItemError,
     JobCommand,
     Message,
+    Release,
+    Revoke,
     ServerCommand,
     StartJob,
+    Tokens,
     encode,
     make_result,
 )
@@ -69,6 +75,12 @@ def refusal(url: str, exc: Exception) -> PlanchetError | None:
     """
     if isinstance(exc, InvalidURI):
         return ConnectionLost(f"invalid URL {url!r}: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectionLost(
+            f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}); "
+            f"pass ssl=ssl.create_default_context(cafile=...) (planchet: --ca-file)")
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+        return ConnectionLost(f"TLS with {url} failed: {exc.reason or exc}")
     if not isinstance(exc, InvalidStatus):
         return None
     status = exc.response.status_code
@@ -77,6 +89,22 @@ def refusal(url: str, exc: Exception) -> PlanchetError | None:
     body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
     text = f"{url} refused the connection: HTTP {status}{': ' + body if body else ''}"
     return AuthError(text) if status in (401, 403) else ConnectionLost(text)
+
+
+def forget_released(session: ClientSession, job: str, lease: str, ids: list[int] | None) -> None:
+    """The released items of ``lease`` are no longer held here (None: all of them)."""
+    held = session.held[job]
+    if ids is None:
+        held.pop(lease, None)
+    elif lease in held:
+        held[lease].difference_update(ids)
+        if not held[lease]:
+            del held[lease]
+
+
+def tls_options(url: str, context: ssl.SSLContext | None) -> dict[str, Any]:
+    """``connect``'s ``ssl`` argument: the caller's context, for wss:// URLs only."""
+    return {"ssl": context} if context is not None and url.startswith("wss://") else {}
 
 
 def retry_after(exc: Exception) -> float:
@@ -113,9 +141,11 @@ class PlanchetClient:
         *,
         retries: int = 8,
         timeout: float | None = None,
+        ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.url = websocket_url(url)
         self.token = token
+        self.ssl = ssl  # for wss:// URLs: the TLS context (say, trusting a private CA)
         self.retries = retries  # failed connection attempts in a row before ConnectionLost
         self.timeout = timeout  # seconds to wait for any one reply; None waits for ever
         self._ws: ClientConnection | None = None
@@ -145,7 +175,8 @@ class PlanchetClient:
         raise ConnectionLost(f"cannot reach {self.url}: {last}") from last
 
     def _handshake(self) -> ClientConnection:
-        ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2, legacy=True)
+        ws = connect(self.url, max_size=None, open_timeout=10, close_timeout=2, legacy=True,
+                     **tls_options(self.url, self.ssl))
         try:
             ws.send(encode(self._session.hello()))
             self._session.welcome(ws.recv(timeout=30))
@@ -301,6 +332,23 @@ class PlanchetClient:
             groups[lease].append(i)
         return groups
 
+    def release(self, job: str, lease: str, ids: list[int] | None = None,
+                token: str | None = None) -> dict[str, Any]:
+        """Hand back items of ``lease`` (``ids``, or every pending one) to be served again,
+        with no attempt charged; the reply: ``{"lease", "released", "dropped"}``."""
+        data = self._request(Release(id=self._session.next_id(), job=job, lease=lease,
+                                     ids=ids, token=token or self.token))
+        forget_released(self._session, job, lease, ids)
+        return data
+
+    def extend(self, job: str, lease: str, seconds: float | None = None,
+               token: str | None = None) -> dict[str, Any]:
+        """Push ``lease``'s deadline to ``seconds`` from now (None, and at most: the job's
+        lease_timeout); the reply: ``{"lease", "held", "lease_timeout"}``."""
+        return self._request(Extend(id=self._session.next_id(), job=job, lease=lease,
+                                    seconds=None if seconds is None else float(seconds),
+                                    token=token or self.token))
+
     def get_job_report(self, job_name: str, token: str | None = None) -> dict[str, Any]:
         return self._command("report", job_name, token)
 
@@ -327,13 +375,38 @@ class PlanchetClient:
         return self._request(ServerCommand(type="purge", id=self._session.next_id(),
                                            token=master_token or self.token))
 
+    # --- worker tokens -------------------------------------------------------------------
+
+    def grant_token(self, jobs: str | Sequence[str], label: str | None = None,
+                    token: str | None = None) -> dict[str, Any]:
+        """A new worker token for ``jobs``: it may only take batches and send results.
+
+        The reply's ``token`` is the secret, shown this once; ``key`` names it later.
+        """
+        names = [jobs] if isinstance(jobs, str) else list(jobs)
+        return self._request(Grant(id=self._session.next_id(), jobs=names, label=label,
+                                   token=token or self.token))
+
+    def worker_tokens(self, job: str | None = None,
+                      token: str | None = None) -> list[dict[str, Any]]:
+        """The worker tokens of ``job`` (every one, with the master token): no secrets."""
+        return self._request(Tokens(id=self._session.next_id(), job=job,
+                                    token=token or self.token))
+
+    def revoke_token(self, key: str, token: str | None = None) -> dict[str, Any]:
+        """Revoke the worker token named ``key``: it stops working at once."""
+        return self._request(Revoke(id=self._session.next_id(), key=key,
+                                    token=token or self.token))
+
     def check(self) -> dict[str, Any]:
         """The server's ``GET /health``: Redis status and job counts."""
         scheme, rest = self.url.split("://", 1)
         host = rest.split("/", 1)[0]
         url = f"{'https' if scheme == 'wss' else 'http'}://{host}/health"
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
+            with urllib.request.urlopen(url, timeout=10,
+                                        context=self.ssl if scheme == "wss" else None
+                                        ) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:  # 503: Redis is down; the body says so
             body = exc.read()

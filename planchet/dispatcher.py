@@ -5,6 +5,10 @@ and close it. A ``Subscription`` is a session's credit on one job; its pump leas
 pushes a batch whenever the session has fewer batches in flight than it asked for, and
 sleeps otherwise until the job or the credit changes. When the session ends its pumps
 stop first and its leases go back to the queue after, so no lease can outlive it.
+A resumable session whose connection drops is parked instead (``parking.py``): its
+pumps stop, its leases and credit wait ``resume_grace`` seconds for a new connection
+that names it in ``hello``; that connection takes them over and gets its unsettled
+leases sent again.
 
 Tokens are checked by ``auth.Keys`` and jobs are run by ``admin.Admin``; this module
 routes each message to them.
@@ -16,27 +20,34 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from .admin import Admin
 from .auth import Keys
 from .batching import BatchSizer
 from .config import Settings
-from .exceptions import ConnectionLost, PlanchetError, ProtocolError
+from .exceptions import AuthError, ConnectionLost, PlanchetError, ProtocolError
 from .jobs import Job
 from .messages import (
     Ack,
     Batch,
     Credit,
     Event,
+    Extend,
+    Grant,
     Hello,
     JobCommand,
     Message,
+    Release,
     Reply,
     Result,
+    Revoke,
     ServerCommand,
     StartJob,
+    Tokens,
 )
+from .parking import Parking, new_name
 from .store import Store
 
 log = logging.getLogger("planchet")
@@ -52,7 +63,7 @@ async def _no_close(code: int, reason: str) -> None:
 class Ending(enum.Enum):
     """How a connection ended, which decides what its leases cost."""
 
-    GOODBYE = "goodbye"  # the client closed with 1000 or 1001: nothing is charged
+    GOODBYE = "goodbye"  # the client closed with 1000 or 1001 (see ``Session.away``): free
     FAILED = "failed"  # the client closed with 1011, its own code failed: charged
     VANISHED = "vanished"  # no goodbye at all: charged, unless it was gone at once
 
@@ -64,6 +75,12 @@ class Session:
         self.token = token
         self.subscriptions: dict[str, Subscription] = {}
         self.faulted = False  # the server failed this session: its leases go back free
+        self.name: str | None = None  # a resumable session's id: a capability, never logged
+        self.resumed = False  # it took over the session its hello named
+        self.away = False  # the client closed with 1001 (going away): it may come back
+        self.moved = False  # taken over by another connection: its own end changes nothing
+        self.ending = Ending.VANISHED  # how its connection ended, once parked
+        self.parked_at = 0.0  # when (time.monotonic)
 
 
 class Subscription:
@@ -75,13 +92,19 @@ class Subscription:
         self.credit = batches
         self.batch_size = batch_size or job.spec.batch_size
         self.sizer: BatchSizer | None = None  # adaptive batching, if the credit allows it
+        self.max_batch_bytes: int | None = None  # no batch frame bigger (but a lone item)
         self.resize(batch_size)
         self.leases: set[str] = set()
         self.closed = False
         self.stalled = False  # a lease expired: push nothing until the worker speaks again
         self._wake = asyncio.Event()
-        job.watchers.add(self)
-        self.task = asyncio.create_task(self._pump(), name=f"pump {job.name}")
+        self.start()
+
+    def start(self) -> None:
+        """Start (or, for a resumed session, restart) the pump."""
+        self.closed = self.stalled = False
+        self.job.watchers.add(self)
+        self.task = asyncio.create_task(self._pump(), name=f"pump {self.job.name}")
 
     def wake(self) -> None:
         self._wake.set()
@@ -143,7 +166,7 @@ class Subscription:
     async def _push(self) -> bool:
         size = self.sizer.size if self.sizer else self.batch_size
         try:
-            lease = await self.job.lease(self, size)
+            lease = await self.job.lease(self, size, self.max_batch_bytes)
         except PlanchetError as exc:  # the job broke: wait until it is reopened
             log.warning("%s", exc)
             return False
@@ -171,6 +194,7 @@ class Dispatcher:
         self.admin = Admin(store, settings, self.keys)
         self.sessions: set[Session] = set()
         self.stopping = False  # set by a graceful shutdown: leases return uncharged
+        self.parking: Parking[Session] = Parking(settings.resume_grace, self._expire)
         self._maintenance: asyncio.Task[None] | None = None
 
     @property
@@ -191,6 +215,8 @@ class Dispatcher:
                 await self._maintenance
         for session in list(self.sessions):
             await self.disconnect(session)
+        for session in await self.parking.close():
+            await self._release(session)
         await self.admin.close()
 
     async def _maintain(self) -> None:
@@ -203,27 +229,108 @@ class Dispatcher:
                 log.exception("maintenance failed")
 
     def connect(self, send: Send, hello: Hello, close: Close = _no_close) -> Session:
+        """A new session; a resumable one gets a name (``resume`` may take an old one's)."""
         session = Session(send, hello.token, close)
         self.sessions.add(session)
+        if hello.resumable or hello.session is not None:
+            session.name = new_name()
+            self.parking.add(session.name, session)
         return session
 
     async def disconnect(self, session: Session, ending: Ending = Ending.VANISHED) -> None:
-        """Stop the session's pumps, then requeue everything it held.
+        """Stop the session's pumps, then requeue everything it held, or park it.
 
         What it costs depends on ``ending`` (see ``Ending`` and ``Job.release``); nothing
-        when the server itself is stopping or failed the session.
+        when the server itself is stopping or failed the session. A resumable session is
+        parked unless its client closed with 1000 or 1011.
         """
         self.sessions.discard(session)
+        if session.moved:
+            return
+        session.ending, session.parked_at = ending, time.monotonic()
+        if session.name is not None and self._parks(session, ending):
+            for sub in list(session.subscriptions.values()):
+                await sub.stop()
+            if not session.moved:  # resumed while its pumps stopped: the new one has it
+                self.parking.park(session.name, session)
+            return
+        if session.name is not None:
+            self.parking.drop(session.name, session)
+        await self._release(session)
+
+    def _parks(self, session: Session, ending: Ending) -> bool:
+        if self.stopping or session.faulted or ending is Ending.FAILED:
+            return False
+        return ending is Ending.VANISHED or session.away
+
+    async def _expire(self, session: Session) -> None:
+        """A parked session's grace ran out: its leases go back as its ending says."""
+        if not session.moved:
+            await self._release(session)
+
+    async def _release(self, session: Session, *subs: Subscription) -> None:
+        """Stop the pumps of ``subs`` (default: every one of the session), then requeue
+        their leases as ``session.ending`` says; the time spent parked is not charged."""
+        ending = session.ending
         crashed = ending is not Ending.GOODBYE and not (self.stopping or session.faulted)
         grace = self.settings.crash_grace if ending is Ending.VANISHED else 0.0
-        subscriptions = list(session.subscriptions.values())
-        session.subscriptions.clear()
-        for sub in subscriptions:
+        grace += time.monotonic() - session.parked_at
+        if not subs:
+            subs = tuple(session.subscriptions.values())
+            session.subscriptions.clear()
+        for sub in subs:
             await sub.stop()
             try:
                 await sub.job.release(sub, crashed=crashed, grace=grace)
             except PlanchetError as exc:  # the job broke: reopening it requeues the leases
                 log.warning("release on %s: %s", sub.job.name, exc)
+
+    # --- resuming a session -----------------------------------------------------------
+
+    async def resume(self, session: Session, name: str) -> bool:
+        """Take over the session ``name`` names, parked or still open elsewhere (closed
+        with 4001): its subscriptions move to ``session``, pumps stopped until
+        ``restart``. A job the new hello's token may not take is released. False when
+        the name is unknown or its grace ran out."""
+        old = self.parking.take(name, session)
+        if old is None:
+            return False
+        old.moved = True
+        if session.name is not None:
+            self.parking.drop(session.name, session)
+        session.name, session.resumed = name, True
+        if old in self.sessions:  # the server has not noticed the blip yet
+            self.sessions.discard(old)
+            _spawn(old.close(4001, "session resumed on another connection"))
+            old.ending, old.parked_at = Ending.VANISHED, time.monotonic()
+        for job_name, sub in list(old.subscriptions.items()):
+            await sub.stop()
+            if self.jobs.get(job_name) is not sub.job or sub.job.closed:
+                continue  # deleted or replaced meanwhile: its leases went with it
+            try:
+                self.keys.check("credit", job_name, None, session.token)
+            except AuthError:
+                await self._release(old, sub)
+                continue
+            sub.session = session
+            session.subscriptions[job_name] = sub
+        old.subscriptions.clear()
+        return True
+
+    async def restart(self, session: Session, held: list[str]) -> None:
+        """After the welcome of a resumed session: send again the leases its client does
+        not hold (same ids, a fresh deadline, no attempt charged), then restart pumps."""
+        keep = set(held)
+        for sub in list(session.subscriptions.values()):
+            job = sub.job
+            for lease_id in [le for le in job.leases if le in sub.leases and le not in keep]:
+                lease = job.leases[lease_id]
+                if job.extend(lease_id) is not None:
+                    items = [(i, item) for i, (item, _) in lease.items.items()]
+                    await session.send(Batch.model_construct(
+                        job=job.name, lease=lease_id, items=items,
+                        lease_timeout=float(job.spec.lease_timeout)))
+            sub.start()
 
     # --- requests ---------------------------------------------------------------------
 
@@ -242,25 +349,35 @@ class Dispatcher:
                 self._credit(session, msg)
                 return None
             case Result():
-                job = self.admin.get(msg.job)
-                sub = session.subscriptions.get(msg.job)
-                if sub:
-                    sub.revive()
-                ack = await job.settle(msg.lease, msg.items, list(msg.errors))
-                if sub:
-                    sub.settled(ack)
-                return ack
+                return await self._result(session, msg)
             case StartJob():
                 return Reply(id=msg.id, data=await self.admin.start(msg))
             case JobCommand(type="report"):
                 return Reply(id=msg.id, data=self.admin.get(msg.job).report())
             case JobCommand():
                 return Reply(id=msg.id, data=await self.admin.command(msg.type, msg.job))
+            case Release() | Extend():
+                return self._lease_request(session, msg)
             case ServerCommand(type="jobs"):
                 return Reply(id=msg.id, data=[job.report() for job in self.jobs.values()])
             case ServerCommand():
                 return Reply(id=msg.id, data={"deleted": await self.admin.purge()})
-        raise ProtocolError(f"unexpected {kind!r} message")
+        return await self._worker_tokens(session, msg)
+
+    async def _worker_tokens(self, session: Session, msg: Message) -> Reply:
+        """``grant``, ``tokens``, ``revoke``: their jobs are checked here, where the whole
+        message is known (``admit`` sees only the envelope)."""
+        match msg:
+            case Grant():
+                self.keys.check_jobs(msg.jobs, msg.token, session.token)
+                return Reply(id=msg.id, data=await self.admin.grant(msg.jobs, msg.label))
+            case Tokens():
+                return Reply(id=msg.id, data=self.admin.worker_tokens(msg.job))
+            case Revoke():
+                jobs = self.keys.granted(msg.key).jobs
+                self.keys.check_jobs(jobs, msg.token, session.token)
+                return Reply(id=msg.id, data=await self.admin.revoke(msg.key))
+        raise ProtocolError(f"unexpected {getattr(msg, 'type', '?')!r} message")
 
     def _credit(self, session: Session, msg: Credit) -> None:
         job = self.admin.get(msg.job)
@@ -270,8 +387,37 @@ class Dispatcher:
             session.subscriptions[job.name] = sub
         sub.credit = msg.batches
         sub.resize(msg.batch_size)
+        if msg.max_batch_bytes is not None:
+            sub.max_batch_bytes = msg.max_batch_bytes
         sub.stalled = False
         sub.wake()
+
+    def _spoke(self, session: Session, job: str) -> Subscription | None:
+        """The worker sent a frame for ``job``: it is alive, so a stalled pump serves again."""
+        sub = session.subscriptions.get(job)
+        if sub:
+            sub.revive()
+        return sub
+
+    async def _result(self, session: Session, msg: Result) -> Ack:
+        job = self.admin.get(msg.job)
+        sub = self._spoke(session, msg.job)
+        ack = await job.settle(msg.lease, msg.items, list(msg.errors))
+        if sub:
+            sub.settled(ack)
+        return ack
+
+    def _lease_request(self, session: Session, msg: Release | Extend) -> Reply:
+        """Release (no attempt charged) or extend a lease, by any connection authorized."""
+        job = self.admin.get(msg.job)
+        self._spoke(session, msg.job)
+        if isinstance(msg, Release):
+            released, dropped = job.release_items(msg.lease, msg.ids)
+            return Reply(id=msg.id, data={"lease": msg.lease, "released": released,
+                                          "dropped": dropped})
+        granted = job.extend(msg.lease, msg.seconds)
+        return Reply(id=msg.id, data={"lease": msg.lease, "held": granted is not None,
+                                      "lease_timeout": granted})
 
 
 def _is_disconnect(exc: Exception) -> bool:

@@ -3,6 +3,7 @@
 Checked in ``process_request``, before the upgrade, so a refused client never gets a
 session: a page from a foreign origin gets 403, an upgrade past the connection cap 503
 with ``Retry-After``. Both bodies are plain text that says why and which flag changes it.
+The same origin policy decides which pages may read the HTTP routes (CORS, in ``web.py``).
 """
 
 from __future__ import annotations
@@ -51,10 +52,9 @@ class Gate:
 
     def admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """None to let the upgrade go on, else the HTTP response that refuses it."""
-        origins = request.headers.get_all("Origin")
-        if len(origins) > 1 or not origin_allowed(
-                origins[0] if origins else None, request.headers.get_all("Host"), self.allowed):
-            return _forbidden(connection, origins)
+        if (refusal := self.origin_refusal(request)) is not None:
+            log.info("refused a WebSocket: %s", refusal.strip())
+            return connection.respond(http.HTTPStatus.FORBIDDEN, refusal)
         if len(self.pending) >= self.max_pending or len(self.open) >= self.max_connections:
             self._prune()
             if self.pending and (len(self.pending) >= self.max_pending
@@ -65,6 +65,17 @@ class Gate:
         self.open.add(connection)
         self.pending[connection] = None
         return None
+
+    def origin_refusal(self, request: Request) -> str | None:
+        """None if the request's page may use this server (or it names none), else why not.
+
+        One decision for the WebSocket upgrade and for the CORS of the HTTP routes.
+        """
+        origins = request.headers.get_all("Origin")
+        if not origins or (len(origins) == 1 and origin_allowed(
+                origins[0], request.headers.get_all("Host"), self.allowed)):
+            return None
+        return _forbidden(origins)
 
     def greeted(self, connection: ServerConnection) -> None:
         self.pending.pop(connection, None)
@@ -130,16 +141,14 @@ def _normal_origin(origin: str) -> str:
     return origin.strip().lower().rstrip("/")
 
 
-def _forbidden(connection: ServerConnection, origins: list[str]) -> Response:
+def _forbidden(origins: list[str]) -> str:
+    """Why a request with these Origin headers is refused (the 403's body)."""
     shown = ", ".join(repr(o) for o in origins)
-    log.info("refused a WebSocket from origin %s", shown)
     if len(origins) > 1:
-        text = f"An upgrade may carry one Origin header, not {len(origins)} ({shown}).\n"
-    else:
-        text = (f"Web pages from origin {shown} may not open a WebSocket on this server. "
-                f"To allow them, start it with --allow-origin {origins[0]} "
-                f"(or PLANCHET_ALLOW_ORIGIN).\n")
-    return connection.respond(http.HTTPStatus.FORBIDDEN, text)
+        return f"A request may carry one Origin header, not {len(origins)} ({shown}).\n"
+    return (f"Web pages from origin {shown} may not use this server (open a WebSocket or "
+            f"read its HTTP routes). To allow them, start it with --allow-origin "
+            f"{origins[0]} (or PLANCHET_ALLOW_ORIGIN).\n")
 
 
 def raise_descriptor_limit(max_connections: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import secrets
 import time
@@ -30,6 +29,7 @@ from .commit import Committer, Group
 from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats.errorlog import encode_errors
 from .jobfiles import JobFiles
+from .leasing import Budget, take_queued
 from .messages import Ack, Item, ItemError
 from .readahead import Closed, ReadAhead, Record
 from .report import Rate, job_report
@@ -59,7 +59,7 @@ class Job:
         self._committer: Committer | None = None
         self._finishing: Group | None = None  # the group that commits ``done``
         self._opening = asyncio.Lock()
-        self._lease_prefix, self._lease_numbers = "", itertools.count()
+        self._lease_prefix, self._leased = "", 0  # lease ids: the prefix, then a count
         self.rate = Rate()  # items settled per second, recently
 
     @property
@@ -99,7 +99,7 @@ class Job:
             self.ahead = ReadAhead(self.files.reader, self.counts["offset"], self._ahead_changed)
         self.broken = None
         self._lease_prefix = secrets.token_hex(5)  # lease ids: unique across reopens,
-        self._lease_numbers = itertools.count()  # cheap within one
+        self._leased = 0  # cheap within one
         self._finishing = None
         self.rate.clear()
         finishing = self._check_done()
@@ -229,10 +229,14 @@ class Job:
     def _serving(self) -> bool:
         return self.state == RUNNING and not self.broken and self.spec.mode != "write"
 
-    async def lease(self, owner: Watcher, batch_size: int) -> Lease | None:
+    async def lease(self, owner: Watcher, batch_size: int,
+                    max_bytes: int | None = None) -> Lease | None:
         """Lease the next batch to ``owner``: queued items first, then the file.
 
-        ``None`` means nothing to serve now (paused, done, broken, or all in flight).
+        The batch holds at most ``batch_size`` items, and its frame at most ``max_bytes``
+        bytes but for a lone bigger item (see ``leasing``); a queued batch is split to
+        fit, the rest staying at the head of the queue. ``None`` means nothing to serve
+        now (paused, done, broken, or all in flight).
         """
         while self._serving():
             if not self.queue:
@@ -245,7 +249,10 @@ class Job:
                     await self._ready(ahead, batch_size)
                     continue  # the job may have changed while it waited
             group = self._group()
-            lease = self._lease_queued(group, owner) or self._lease_fresh(group, owner, batch_size)
+            budget = None if max_bytes is None else Budget(
+                self.name, self._next_lease_id(), float(self.spec.lease_timeout), max_bytes)
+            lease = (self._lease_queued(group, owner, batch_size, budget)
+                     or self._lease_fresh(group, owner, batch_size, budget))
             self._check_done()
             if lease is not None:  # sent before its commit lands: see ``commit``
                 return lease
@@ -260,18 +267,17 @@ class Job:
             self._break(exc)
             raise self._as_error(exc) from exc
 
-    def _lease_queued(self, group: Group, owner: Watcher) -> Lease | None:
-        if not self.queue:
-            return None
-        blob, items = self.queue.popleft()
-        group.change.queue.append(None)
-        return self._hold(group, blob, items, owner)
+    def _lease_queued(self, group: Group, owner: Watcher, n: int,
+                      budget: Budget | None) -> Lease | None:
+        taken = take_queued(self.queue, group.change, n, budget)
+        return None if taken is None else self._hold(group, *taken, owner)
 
-    def _lease_fresh(self, group: Group, owner: Watcher, n: int) -> Lease | None:
+    def _lease_fresh(self, group: Group, owner: Watcher, n: int,
+                     budget: Budget | None) -> Lease | None:
         ahead = self.ahead
         if ahead is None or self.counts["exhausted"]:
             return None
-        records = ahead.take(n)
+        records = ahead.take(n, budget.admit if budget else None)
         if ahead.drained:
             self.counts["exhausted"] = 1
         if not records:
@@ -286,16 +292,21 @@ class Job:
 
     def _hold(self, group: Group, blob: bytes, items: list[LeasedItem], owner: Watcher) -> Lease:
         lease = Lease(
-            f"{self._lease_prefix}{next(self._lease_numbers):06x}",
+            self._next_lease_id(),
             {i: (item, attempts) for i, item, attempts in items},
             owner,
             time.monotonic() + self.spec.lease_timeout,
             time.monotonic(),
         )
+        self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
         group.change.leases[lease.id] = blob
         return lease
+
+    def _next_lease_id(self) -> str:
+        """The id the next lease will have (a budget sizes the frame that carries it)."""
+        return f"{self._lease_prefix}{self._leased:06x}"
 
     def _ahead_changed(self) -> None:
         """The read-ahead found the end of the file (or failed): finish, or tell waiters."""
@@ -392,6 +403,38 @@ class Job:
         self._requeue(group, requeue)
         self._log_dead(group, dead)
         self._end(group, lease)
+
+    def release_items(self, lease_id: str, ids: list[int] | None) -> tuple[int, int]:
+        """A worker hands back pending items of a lease (None: all): they are queued
+        again, no attempt charged. Returns (released, dropped: ids not pending)."""
+        lease = self.leases.get(lease_id)
+        asked = 0 if ids is None else len(ids)
+        if lease is None or self.broken:
+            return 0, asked
+        back = list(lease.items) if ids is None else [
+            i for i in dict.fromkeys(ids) if i in lease.items]
+        if back:
+            group = self._group()
+            self._requeue(group, [(i, *lease.items.pop(i)) for i in back])
+            if lease.items:
+                group.change.leases[lease.id] = pack(_packed(lease.items))
+            else:
+                self._end(group, lease)
+        return len(back), 0 if ids is None else asked - len(back)
+
+    def extend(self, lease_id: str, seconds: float | None = None,
+               now: float | None = None) -> float | None:
+        """Move a live lease's deadline to ``seconds`` from now (at most the job's
+        lease_timeout, which None means); the seconds granted, None if not held. Memory
+        only: a reload requeues every lease anyway."""
+        now = time.monotonic() if now is None else now
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.deadline <= now or self.broken:
+            return None
+        timeout = float(self.spec.lease_timeout)
+        granted = timeout if seconds is None else min(float(seconds), timeout)
+        lease.deadline = now + granted
+        return granted
 
     async def release(self, owner: Watcher, crashed: bool = True, grace: float = 0.0) -> None:
         """Give back every lease of ``owner`` (its connection ended): requeue at once.

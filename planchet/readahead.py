@@ -66,13 +66,16 @@ class ReadAhead:
         if self.failure is not None:
             raise self.failure
 
-    def take(self, n: int) -> list[Record]:
-        """Up to ``n`` good items, with the bad records among and before them, in id order."""
+    def take(self, n: int, fits: Callable[[int, Any], bool] | None = None) -> list[Record]:
+        """Up to ``n`` good items, with the bad records among and before them, in id order;
+        ``fits(id, item)`` False ends the batch before that item (a byte cap)."""
         taken: list[Record] = []
         good = 0
         while self.records and good < n:
-            record = self.records.popleft()
-            taken.append(record)
+            record = self.records[0]
+            if record.error is None and fits is not None and not fits(record.id, record.item):
+                break
+            taken.append(self.records.popleft())
             good += record.error is None
         # bad records right after the batch go with it: they need no worker
         while self.records and self.records[0].error is not None:

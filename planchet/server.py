@@ -4,23 +4,20 @@ Bad frames are answered with an ``error`` frame and a close code that says why
 (1007 not JSON, 1008 not a valid message, 1009 too big, 1002 wrong protocol); the
 session's leases go back to the queue and every other connection goes on untouched.
 An upgrade must first pass the :class:`~planchet.gate.Gate` (origin, connection caps);
-``/health`` is always answered.
+plain HTTP requests (``/health``, pages, the JavaScript client) are answered in ``web.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from .config import Settings
 from .dispatcher import Dispatcher, Ending, Session
@@ -33,12 +30,14 @@ from .exceptions import (
     PlanchetError,
     ProtocolError,
     ServerError,
+    Unavailable,
 )
 from .gate import Gate, peer, raise_descriptor_limit
 from .messages import (
     PROTOCOL_VERSION,
     ClientMessage,
     Error,
+    Goodbye,
     Hello,
     Message,
     Welcome,
@@ -49,6 +48,7 @@ from .messages import (
 )
 from .store import Store
 from .version import __version__
+from .web import Web, tls_context
 
 log = logging.getLogger("planchet")
 # the websockets library logs every frame, tokens included, at DEBUG: never below INFO
@@ -58,6 +58,8 @@ if wire_log.level == logging.NOTSET:
     wire_log.setLevel(logging.INFO)
 
 HELLO_TIMEOUT = 10.0
+RESTART_HINT = 5.0  # seconds: the goodbye's retry_after on a graceful shutdown
+GOODBYE_TIMEOUT = 2.0  # seconds a slow reader may hold up the shutdown for its goodbye
 
 
 def close_code(exc: ProtocolError) -> int:
@@ -76,6 +78,8 @@ class PlanchetServer:
         self.store = store
         self.dispatcher = Dispatcher(store, settings)
         self.gate = Gate(settings)
+        self.web = Web(settings, self.gate, self.dispatcher, store)
+        self.tls = tls_context(settings)  # None: plain ws:// and http://
         self.server: Server | None = None
 
     async def start(self) -> None:
@@ -88,7 +92,8 @@ class PlanchetServer:
             self._connection,
             self.settings.host,
             self.settings.port,
-            process_request=self._http,
+            process_request=self.web.respond,
+            ssl=self.tls,
             max_size=2 * self.settings.max_message_bytes,  # larger frames: closed unread
             ping_interval=20,
             ping_timeout=60,
@@ -106,36 +111,29 @@ class PlanchetServer:
         """Stop accepting, close every connection (requeueing its work), close files."""
         self.dispatcher.stopping = True
         if self.server is not None:
+            self.server.server.close()  # no new connection from here on
+            await self._goodbye()
             self.server.close(close_connections=True)
             await self.server.wait_closed()
         await self.dispatcher.close()
 
-    async def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        """/health is always answered; an upgrade must pass the gate (origin, then caps)."""
-        if request.path.split("?")[0] != "/health":
-            return self.gate.admit(connection, request)
-        redis_ok = await self.store.ping()
-        body = {
-            "status": "ok" if redis_ok else "degraded",
-            "redis": "online" if redis_ok else "offline",
-            "version": __version__,
-            "jobs": len(self.dispatcher.jobs),
-            "jobs_done": sum(job.done for job in self.dispatcher.jobs.values()),
-            "connections": len(self.dispatcher.sessions),
-        }
-        status = http.HTTPStatus.OK if redis_ok else http.HTTPStatus.SERVICE_UNAVAILABLE
-        response = connection.respond(status, orjson.dumps(body).decode() + "\n")
-        del response.headers["Content-Type"]
-        response.headers["Content-Type"] = "application/json"
-        return response
+    async def _goodbye(self) -> None:
+        """Tell every session the server is going away, and when to come back."""
+        bye = Goodbye(reason="server shutting down", retry_after=RESTART_HINT)
+        sends = [asyncio.ensure_future(asyncio.wait_for(s.send(bye), GOODBYE_TIMEOUT))
+                 for s in self.dispatcher.sessions]
+        for result in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(result, Exception) and not isinstance(result, ConnectionLost):
+                log.debug("no goodbye: %r", result)
 
     async def _connection(self, ws: ServerConnection) -> None:
         """One client from hello to close. Whatever happens, its work goes back."""
         session: Session | None = None
         try:
-            session = await self._greet(ws)
-            if session is not None:
-                await self._session(ws, session)
+            hello = await self._greet(ws)
+            if hello is not None:
+                session = self.dispatcher.connect(_sender(ws), hello, close=ws.close)
+                await self._session(ws, session, hello)
         except Exception:  # a bug must cost this connection, and never pass unheard
             log.exception("connection from %s failed", peer(ws))
             if session is not None:
@@ -146,8 +144,8 @@ class PlanchetServer:
             if session is not None:
                 await self._disconnect(ws, session)
 
-    async def _greet(self, ws: ServerConnection) -> Session | None:
-        """The hello, then a session; None if the connection ended or was refused first."""
+    async def _greet(self, ws: ServerConnection) -> Hello | None:
+        """The hello; None if the connection ended or was refused first."""
         try:
             hello = await self._hello(ws)
         except (ProtocolError, TimeoutError) as exc:
@@ -157,12 +155,17 @@ class PlanchetServer:
         except ConnectionClosed:
             return None
         self.gate.greeted(ws)
-        return self.dispatcher.connect(_sender(ws), hello, close=ws.close)
+        return hello
 
-    async def _session(self, ws: ServerConnection, session: Session) -> None:
+    async def _session(self, ws: ServerConnection, session: Session, hello: Hello) -> None:
         try:
-            await session.send(Welcome(server=f"planchet {__version__}",
-                                       max_message_bytes=self.settings.max_message_bytes))
+            if hello.session is not None:
+                await self.dispatcher.resume(session, hello.session)
+            await session.send(Welcome(
+                server=f"planchet {__version__}", max_message_bytes=self.settings.max_message_bytes,
+                session=session.name, resume_grace=self.settings.resume_grace,
+                resumed=session.resumed))
+            await self.dispatcher.restart(session, hello.leases)
             # bytes, text frames too: the limit counts bytes and orjson parses them as they are
             while await self._frame(ws, session, await ws.recv(decode=False)):
                 pass
@@ -170,6 +173,7 @@ class PlanchetServer:
             pass
 
     async def _disconnect(self, ws: ServerConnection, session: Session) -> None:
+        session.away = _client_code(ws) == 1001
         try:
             await self.dispatcher.disconnect(session, _ending(ws))
         except Exception:
@@ -218,10 +222,15 @@ class PlanchetServer:
                 log.exception("error handling %s", msg.type)
                 exc = ServerError("internal error; see the server log")
             reply = Error(code=exc.code, message=exc.message, id=getattr(msg, "id", None),
-                          job=getattr(msg, "job", None))
+                          job=getattr(msg, "job", None), retry_after=self._retry_after(exc))
         if reply is not None:
             await session.send(reply)
         return True
+
+    def _retry_after(self, exc: PlanchetError) -> float | None:
+        """When a request is worth trying again: ``unavailable``, at the next maintenance
+        tick (which reopens a job once Redis answers again)."""
+        return self.settings.tick if isinstance(exc, Unavailable) else None
 
 
 def _error(exc: PlanchetError, data: dict[str, Any]) -> Error:
@@ -265,16 +274,20 @@ def _close_reason(message: str) -> str:
     return message.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
 
 
+def _client_code(ws: ServerConnection) -> int | None:
+    """The code of the client's close, if the client closed first."""
+    protocol = ws.protocol
+    rcvd = protocol.close_rcvd
+    return rcvd.code if protocol.close_rcvd_then_sent and rcvd is not None else None
+
+
 def _ending(ws: ServerConnection) -> Ending:
     """How the client ended the connection: it closed first with 1000 or 1001 (goodbye),
     or with 1011 (its own code failed); anything else, it vanished."""
-    protocol = ws.protocol
-    rcvd = protocol.close_rcvd
-    if not protocol.close_rcvd_then_sent or rcvd is None:
-        return Ending.VANISHED
-    if rcvd.code in (1000, 1001):
+    code = _client_code(ws)
+    if code in (1000, 1001):
         return Ending.GOODBYE
-    return Ending.FAILED if rcvd.code == 1011 else Ending.VANISHED
+    return Ending.FAILED if code == 1011 else Ending.VANISHED
 
 
 async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None = None) -> None:
@@ -290,8 +303,8 @@ async def run(settings: Settings, ready: Callable[[PlanchetServer], None] | None
         server = PlanchetServer(settings, store)
         stack.push_async_callback(server.stop)
         await server.start()
-        log.info("planchet %s serving on ws://%s:%d (data dir %s)", __version__,
-                 settings.host, server.port, settings.data_dir)
+        log.info("planchet %s serving on %s://%s:%d (data dir %s)", __version__,
+                 "wss" if server.tls else "ws", settings.host, server.port, settings.data_dir)
         if ready:
             ready(server)
         await stopping.wait()

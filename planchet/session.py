@@ -5,11 +5,18 @@ files every incoming frame (replies by request id, acks in the order the results
 job were sent, batches and events by job), and keeps count of failed connection
 attempts for the backoff. The clients only move frames between it and a socket.
 
-A reconnect forgets what the server forgot: the leases of the old connection were
-requeued, so a result for one of them (pending, or sent later) is answered here as
-dropped, never sent, and batches not yet handed out are thrown away. Requests
-and results for no lease (write-only jobs) are sent again, in their order, and so is
-the credit of every job being consumed: nothing pending waits for ever.
+The session is resumable: the server names it in the welcome and keeps its leases for
+a grace period when the connection drops. The next hello names it again with the leases
+the caller holds (handed out, or with results pending); if the welcome says ``resumed``,
+they are held again and the pending results are sent again, while the server sends
+again the batches not yet handed out, which were thrown away here.
+
+Otherwise a reconnect forgets what the server forgot: the leases of the old connection
+were requeued, so a result for one of them (pending, or sent later) is answered here as
+dropped, never sent. Requests and results for no lease (write-only jobs) are sent
+again, in their order, and so is the credit of every job being consumed: nothing
+pending waits for ever. A ``goodbye`` (the server is going away) sets the least delay
+before the next connection attempt.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .messages import (
     Credit,
     Error,
     Event,
+    Goodbye,
     Hello,
     Message,
     Reply,
@@ -38,6 +46,7 @@ from .version import __version__
 DONE: Literal["done"] = "done"  # what ``take_batch`` returns once a job is done
 Answer = Message | PlanchetError
 MAX_STALE = 1024  # leases of dropped connections remembered, to answer their results here
+MAX_HELD = 4096  # lease ids a hello may list
 
 
 def dropped(result: Result) -> Ack:
@@ -55,6 +64,11 @@ def _settle(leases: dict[str, set[int]], result: Result) -> None:
         del leases[result.lease or ""]
 
 
+def _leased(message: Message) -> bool:
+    """A result for a lease: meaningless once the server has requeued that lease."""
+    return isinstance(message, Result) and message.lease is not None
+
+
 def backoff(failures: int, base: float = 0.25, cap: float = 5.0) -> float:
     """Seconds to wait before a connection attempt that follows ``failures`` failed ones."""
     return 0.0 if failures == 0 else min(cap, base * 2 ** (failures - 1))
@@ -63,8 +77,12 @@ def backoff(failures: int, base: float = 0.25, cap: float = 5.0) -> float:
 class ClientSession:
     """Sans-I/O client state: pending requests and results, held leases, queued batches."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, resumable: bool = True) -> None:
         self.token = token
+        self.resumable = resumable
+        self.name: str | None = None  # the server's id for this session, while resumable
+        self.parked: dict[str, dict[str, set[int]]] = {}  # held when the connection dropped
+        self.hint = 0.0  # the last goodbye's retry_after: the least wait before reconnecting
         self.connected = False
         self.failures = 0  # connection attempts since the server last sent anything useful
         self.outbox: list[Message] = []  # to send, in this order, on the current connection
@@ -86,8 +104,13 @@ class ClientSession:
     # --- connecting -------------------------------------------------------------------
 
     def hello(self) -> Hello:
+        """The hello; it names the session to resume and the leases the caller holds."""
+        held = {lease for leases in self.parked.values() for lease in leases}
+        held.update(m.lease for m in self.pending.values()
+                    if isinstance(m, Result) and m.lease is not None)
         return Hello(protocol=PROTOCOL_VERSION, token=self.token,
-                     client=f"planchet-python {__version__}")
+                     client=f"planchet-python {__version__}", resumable=self.resumable,
+                     session=self.name, leases=sorted(held)[:MAX_HELD])
 
     def next_delay(self, retries: int, hint: float = 0.0) -> float | None:
         """Seconds to wait before the next connection attempt; None: give up.
@@ -100,6 +123,7 @@ class ClientSession:
             self.failures = 0  # the next call starts a fresh round
             return None
         self.failures += 1
+        hint, self.hint = max(hint, self.hint), 0.0
         return max(backoff(self.failures - 1), min(hint, 60.0))
 
     def next_id(self) -> int:
@@ -112,30 +136,50 @@ class ClientSession:
             raise error_from_code(reply.code, reply.message)
         if not isinstance(reply, Welcome):
             raise ProtocolError(f"expected welcome, got {reply.type!r}")
+        self._resumed(reply.resumed)
+        self.name = reply.session
         self.connected = True
         self.outbox = [*self.credits.values(), *self.pending.values()]
         for key, message in self.pending.items():
             if isinstance(message, Result):
                 self.acks[message.job].append(key)
 
+    def _resumed(self, resumed: bool) -> None:
+        """The leases held when the connection dropped are held again, or they are stale:
+        the server requeued them, and pending results for them are answered as dropped."""
+        for job, leases in self.parked.items():
+            (self.held[job] if resumed else self.stale).update(leases)
+        self.parked = {}
+        if not resumed:
+            self._drop_leased()
+
+    def _drop_leased(self) -> None:
+        for key, message in list(self.pending.items()):
+            if _leased(message):
+                self._answer(key, dropped(message))  # type: ignore[arg-type]
+
     def disconnected(self) -> None:
-        """The connection is gone, and with it, on the server, every lease it held."""
+        """The connection is gone: the server requeues the leases it held, or, for a
+        resumable session, keeps them a while for the next connection to take back."""
         self.connected = False
         self.outbox = []
         queued = {batch.lease for batches in self.batches.values() for batch in batches}
-        for leases in self.held.values():  # in the caller's hands: their results may come
-            self.stale.update((lease, ids) for lease, ids in leases.items() if lease not in queued)
+        for job, leases in self.held.items():  # in the caller's hands: their results may come
+            in_hand = {lease: ids for lease, ids in leases.items() if lease not in queued}
+            (self.parked.setdefault(job, {}) if self.name else self.stale).update(in_hand)
         while len(self.stale) > MAX_STALE:
             del self.stale[next(iter(self.stale))]
+        if self.name is None:  # the server requeued them: their results would be dropped
+            self._drop_leased()
         for key, message in list(self.pending.items()):
-            if isinstance(message, Result) and message.lease is not None:
-                self._answer(key, dropped(message))
-            elif key in self.abandoned:  # nobody waits for it: not sent again
+            if key in self.abandoned and not _leased(message):  # nobody waits: not sent again
                 self._answer(key, ConnectionLost("abandoned"))
         self._forget_connection()
 
     def fail(self, error: PlanchetError) -> None:
         """No connection can be had: answer everything pending, end every job's batches."""
+        if not self.connected:  # no resume to come: results for leases are dropped
+            self._resumed(False)
         for key in list(self.pending):
             self._answer(key, error)
         for job in self.credits:
@@ -157,7 +201,9 @@ class ClientSession:
             _settle(self.stale, message)
             self.answers[key] = dropped(message)
             return key
-        _settle(self.held[message.job], message)  # any other lease, or none: the server decides
+        parked = self.parked.get(message.job, {})  # held when the connection dropped
+        # any other lease, or none: the server decides
+        _settle(parked if message.lease in parked else self.held[message.job], message)
         self._queue(key, message)
         return key
 
@@ -209,6 +255,8 @@ class ClientSession:
             case Batch():
                 self.held[msg.job][msg.lease] = {i for i, _ in msg.items}
                 self.batches[msg.job].append(msg)
+            case Goodbye():  # the server is going away; the close follows
+                self.hint = msg.retry_after or 0.0
             case Event(event="done"):
                 self.ended[msg.job] = None
             case Event(event="deleted"):

@@ -9,6 +9,7 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
     P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...]
     P job:<name>:queue    list of JSON [[id, item, attempts], ...] waiting to be served again
     P job:<name>:ids      set of ids a write-only job has settled (written or failed)
+    P workers             hash: worker token key -> JSON {digest, jobs, label, created}
 
 Every change that moves items between states is one MULTI/EXEC, so Redis always
 holds a consistent picture: a crash at any point leaves either the old state or the
@@ -79,18 +80,25 @@ class JobRecord:
     counts: dict[str, int]
 
 
+@dataclass(frozen=True)
+class Front:
+    """A batch put back at the head of the queue: the rest of a batch that was split."""
+
+    blob: bytes
+
+
 @dataclass
 class Change:
     """What a group of a job's steps changed, committed as one MULTI/EXEC.
 
     ``leases`` maps a lease id to its items (packed), or to None to drop it; ``queue``
     lists, in the order the steps made them, a batch pushed at the tail (its packed
-    items) or None for a batch popped from the head.
+    items), None for a batch popped from the head, or a ``Front`` pushed at the head.
     """
 
     fields: dict[str, Any] = field(default_factory=dict)
     leases: dict[str, bytes | None] = field(default_factory=dict)
-    queue: list[bytes | None] = field(default_factory=list)
+    queue: list[bytes | Front | None] = field(default_factory=list)
     settled_ids: list[int] = field(default_factory=list)
 
 
@@ -109,6 +117,13 @@ def _storage_step(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _json_or_none(blob: bytes | str) -> Any:
+    try:
+        return orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _fields(fields: dict[str, Any]) -> dict[Any, Any]:
@@ -161,6 +176,10 @@ class Store:
     @property
     def _outputs(self) -> str:
         return f"{self.prefix}outputs"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self.prefix}workers"
 
     # --- jobs -----------------------------------------------------------------------
 
@@ -217,6 +236,25 @@ class Store:
                 pipe.hdel(self._outputs, path)
             await pipe.execute()
 
+    # --- worker tokens --------------------------------------------------------------
+
+    @_storage_step
+    async def worker_tokens(self) -> dict[str, Any]:
+        """Every worker token's record (key -> decoded JSON; None if it is not JSON)."""
+        raw = await self.redis.hgetall(self._workers)
+        return {_text(key): _json_or_none(blob) for key, blob in raw.items()}
+
+    @_storage_step
+    async def write_worker_tokens(self, changes: dict[str, dict[str, Any] | None]) -> None:
+        """Save (a record) or delete (None) worker tokens, all in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, record in changes.items():
+                if record is None:
+                    pipe.hdel(self._workers, key)
+                else:
+                    pipe.hset(self._workers, key, orjson.dumps(record))
+            await pipe.execute()
+
     # --- items ----------------------------------------------------------------------
 
     @_storage_step
@@ -254,17 +292,25 @@ class Store:
                     pipe.hdel(self._leases(name), lease_id)
                 else:
                     pipe.hset(self._leases(name), lease_id, blob)
-            popped = 0
-            for blob in change.queue:
-                if blob is None:
-                    popped += 1
-                    continue
-                if popped:
-                    pipe.ltrim(self._queue(name), popped, -1)
-                    popped = 0
-                pipe.rpush(self._queue(name), blob)
-            if popped:
-                pipe.ltrim(self._queue(name), popped, -1)
+            self._queue_ops(pipe, self._queue(name), change.queue)
             if change.settled_ids:
                 pipe.sadd(self._ids(name), *change.settled_ids)
             await pipe.execute()
+
+    @staticmethod
+    def _queue_ops(pipe: Any, key: str, ops: list[bytes | Front | None]) -> None:
+        """The queue's pushes and pops, in order; a run of pops is one LTRIM."""
+        popped = 0
+        for op in ops:
+            if op is None:
+                popped += 1
+                continue
+            if popped:
+                pipe.ltrim(key, popped, -1)
+                popped = 0
+            if isinstance(op, Front):
+                pipe.lpush(key, op.blob)
+            else:
+                pipe.rpush(key, op)
+        if popped:
+            pipe.ltrim(key, popped, -1)

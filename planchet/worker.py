@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import ssl
 import time
 from asyncio.subprocess import PIPE, Process
 from collections.abc import Sequence
@@ -277,12 +278,12 @@ class Tally:
 
 async def work(job: str, command: Sequence[str], *, url: str = DEFAULT_URL,
                token: str | None = None, prefetch: int = 2, batch_size: int | None = None,
-               per_batch: bool = False) -> Tally:
+               per_batch: bool = False, ssl: ssl.SSLContext | None = None) -> Tally:
     """Process ``job``'s batches with ``command`` until the job is done."""
     program = PerBatch(command) if per_batch else CoProcess(command)
     tally = Tally()
     try:
-        async with AsyncPlanchetClient(url, token) as client:
+        async with AsyncPlanchetClient(url, token, ssl=ssl) as client:
             async for batch in client.batches(job, prefetch=prefetch, batch_size=batch_size):
                 answers = await run_batch(program, batch.items, batch.lease_timeout)
                 ack = await batch.ack(answers.results, answers.errors)

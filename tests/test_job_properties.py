@@ -74,13 +74,16 @@ class Owner:
 
 
 picks = st.lists(st.integers(0, 40), max_size=8).map(tuple)  # < 32: an id of the lease
-lease_op = st.tuples(st.just("lease"), st.integers(0, OWNERS - 1), st.integers(1, 8))
+lease_op = st.tuples(st.just("lease"), st.integers(0, OWNERS - 1), st.integers(1, 8),
+                     st.one_of(st.none(), st.integers(60, 300)))  # a byte cap: splits batches
 settle_op = st.tuples(  # which lease (< 24: a live one), results, errors, a poisoned result
     st.just("settle"), st.integers(0, 30), picks,
     st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=2).map(tuple),
     st.integers(0, 9).map(lambda n: n == 0))
 other_op = st.one_of(
     st.tuples(st.just("release"), st.integers(0, OWNERS - 1), st.booleans()),
+    st.tuples(st.just("give_back"), st.integers(0, 30), st.one_of(st.none(), picks)),
+    st.tuples(st.just("extend"), st.integers(0, 30), st.floats(0.5, 1000)),
     st.sampled_from([("expire",), ("reopen",), ("restart",), ("pause",), ("resume",)]),
 )
 operations = st.lists(st.one_of(lease_op, lease_op, settle_op, settle_op, settle_op, other_op),
@@ -132,10 +135,35 @@ class JobRun:
             await self.job.open()
         await self.check()
 
-    async def do_lease(self, owner: int, size: int) -> None:
-        lease = await self.job.lease(self.owners[owner], size)
+    async def do_lease(self, owner: int, size: int, cap: int | None) -> None:
+        lease = await self.job.lease(self.owners[owner], size, cap)
         if lease is not None:
             self.issued.append((lease.id, sorted(lease.items)))
+
+    def _pick(self, pick: int) -> tuple[str, list[int]] | None:
+        """A lease issued so far: a live one when ``pick`` < 24 and there is one."""
+        live = [(lid, ids) for lid, ids in self.issued if lid in self.job.leases]
+        pool = live if live and pick < 24 else self.issued
+        return pool[pick % len(pool)] if pool else None
+
+    async def do_give_back(self, pick: int, picks: tuple[int, ...] | None) -> None:
+        """A worker releases (some of) a lease: requeued, no attempt charged, never blamed."""
+        if (chosen := self._pick(pick)) is None:
+            return
+        lease_id, ids = chosen
+        asked = None if picks is None else [ids[p % len(ids)] if p < 32 else p for p in picks]
+        lease = self.job.leases.get(lease_id)
+        pending = set(lease.items) if lease and not self.job.broken else set()
+        released, dropped = self.job.release_items(lease_id, asked)
+        expected = len(pending) if asked is None else len(pending & set(asked))
+        assert released == expected
+        assert released + dropped == (released if asked is None else len(asked))
+
+    async def do_extend(self, pick: int, seconds: float) -> None:
+        if (chosen := self._pick(pick)) is None:
+            return
+        granted = self.job.extend(chosen[0], seconds)
+        assert granted is None or granted == min(seconds, self.spec.lease_timeout)
 
     async def do_settle(self, pick: int, results: tuple[int, ...],
                         errors: tuple[tuple[int, bool], ...], poison: bool) -> None:
@@ -258,8 +286,9 @@ async def run_job(redis_url: str, data_dir: Path, ops: list[tuple[Any, ...]]) ->
 
 
 def test_job_machine(redis_url: str, job_data: Path) -> None:
-    """Any sequence of lease / settle / fail / release / expiry / reopen / restart / pause
-    keeps every item in exactly one place, never undoes a write, and the job then ends."""
+    """Any sequence of lease (capped or not) / settle / fail / release / give back / extend /
+    expiry / reopen / restart / pause keeps every item in exactly one place, never undoes a
+    write, and the job then ends."""
 
     @settings(max_examples=JOB_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(operations)
