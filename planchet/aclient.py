@@ -51,7 +51,7 @@ from .messages import (
     encode,
     make_result,
 )
-from .session import ClientSession, dropped
+from .session import ClientSession, check_close, dropped
 
 HELLO_TIMEOUT = 30.0
 
@@ -156,6 +156,7 @@ class AsyncPlanchetClient:
                         self._session.receive(frame)
                         self._notify()
                 self._ws = None
+                check_close(ws.close_code)
                 self._session.disconnected()
                 self._notify()
                 await self._open()

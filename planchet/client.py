@@ -50,7 +50,7 @@ from .messages import (
     encode,
     make_result,
 )
-from .session import ClientSession, dropped
+from .session import ClientSession, check_close, dropped
 
 DEFAULT_URL = "ws://127.0.0.1:5005"
 T = TypeVar("T")
@@ -216,6 +216,7 @@ class PlanchetClient:
                 raise ConnectionLost(f"no answer from {self.url} within {self.timeout} s") from exc
             except FAILURES:
                 self._ws = None
+                check_close(ws.close_code)
                 self._session.disconnected()
                 continue
             self._session.receive(frame)

@@ -17,212 +17,25 @@ The rules that keep every item exactly once in the output:
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
-import secrets
 import time
-from pathlib import Path
 from typing import Any
 
-from .commit import Committer, Group
-from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
-from .formats.errorlog import encode_errors
-from .jobfiles import JobFiles
+from .commit import Group
+from .exceptions import BadRequest
+from .jobcore import Dead, JobBase
 from .leasing import Budget, take_queued
 from .messages import Ack, Item, ItemError
 from .readahead import Closed, ReadAhead, Record
-from .report import Rate, job_report
-from .spec import JobSpec
-from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Unusable, Watcher
-from .store import LeasedItem, Store, pack, pack_leased
+from .report import job_report
+from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Watcher
+from .store import LeasedItem, pack, pack_leased
 
 log = logging.getLogger("planchet")
 
-Dead = tuple[int, str, int | None]  # id, why, attempts
 
-
-class Job:
-    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None) -> None:
-        self.spec = spec
-        self.store = store
-        self.root = root  # the data dir: every file is checked to be inside it when opened
-        self.name = spec.name
-        self.watchers: set[Watcher] = set()
-        self.leases: dict[str, Lease] = {}  # in the order they were leased
-        self.queue: collections.deque[tuple[bytes, list[LeasedItem]]] = collections.deque()
-        self.state = RUNNING
-        self.broken: Broken | None = Broken(Fault.NOT_OPENED, "not opened yet")
-        self.files = JobFiles(spec, root)
-        self.ahead: ReadAhead | None = None
-        self.counts: dict[str, int] = {}
-        self._committer: Committer | None = None
-        self._finishing: Group | None = None  # the group that commits ``done``
-        self._opening = asyncio.Lock()
-        self._lease_prefix, self._leased = "", 0  # lease ids: the prefix, then a count
-        self.rate = Rate()  # items settled per second, recently
-
-    @property
-    def queued(self) -> int:
-        return sum(len(items) for _, items in self.queue)
-
-    # --- life cycle -------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """(Re)load the job from Redis: requeue leases, cut files back, seek the reader.
-
-        A job whose last step committed but whose ``done`` did not (a crash in between)
-        is finished here, since no later step would notice.
-        """
-        async with self._opening:
-            self.broken = Broken(Fault.NOT_OPENED, "reopening")
-            await self._stop()
-            try:
-                await self._load()
-            except Exception as exc:
-                self._break(exc, opening=True)
-                raise self._as_error(exc) from exc
-            self._notify()
-
-    async def _load(self) -> None:
-        record = await self.store.load_job(self.name)
-        if record is None:  # opening would cut the output back to nothing
-            raise Unusable("its state is gone from Redis")
-        queue = await self.store.requeue_all_leases(self.name)
-        self.queue = collections.deque((pack(batch), batch) for batch in queue)
-        self.state = JobState(record.state)
-        self.counts = dict(record.counts)
-        if self.state != DONE:
-            await asyncio.to_thread(self.files.open, self.counts)  # never block the loop
-        self._committer = Committer(self._seal, self._flush, self._break, self.name)
-        if self.files.reader is not None:
-            self.ahead = ReadAhead(self.files.reader, self.counts["offset"], self._ahead_changed)
-        self.broken = None
-        self._lease_prefix = secrets.token_hex(5)  # lease ids: unique across reopens,
-        self._leased = 0  # cheap within one
-        self._finishing = None
-        self.rate.clear()
-        finishing = self._check_done()
-        if finishing is not None:
-            await self._wait(finishing)
-
-    async def _stop(self) -> None:
-        """Let the pipeline finish what it is doing, then forget memory and close files."""
-        if self._committer is not None:
-            await self._committer.stop()
-        if self.ahead is not None:
-            await self.ahead.close()
-        self._committer = self.ahead = None
-        for lease in self.leases.values():
-            lease.owner.leases.discard(lease.id)
-        self.leases.clear()
-        self.queue.clear()
-        self._forget()
-        await asyncio.to_thread(self.files.close)
-
-    def _forget(self) -> None:
-        """Drop memory of work in progress, kept by a subclass (reloaded by ``open``)."""
-
-    async def flushed(self) -> None:
-        """Wait until every step so far is committed (or the job broke)."""
-        if self._committer is not None:
-            await self._committer.drain()
-
-    async def close(self) -> None:
-        """Stop the job for good (deleted, replaced, server stopping): no step after this.
-
-        Watchers are not woken here: ``end`` tells them once the removal is certain.
-        """
-        async with self._opening:
-            self.broken = Broken(Fault.CLOSED, "closed")
-            await self._stop()
-
-    def end(self, event: str) -> None:
-        """Tell the watchers of a closed job why (``deleted``), and wake them to leave."""
-        self.announce(event)
-        self._notify()
-
-    async def set_state(self, state: JobState, event: str | None = None) -> None:
-        """Pause at once, resume once committed; then tell the watchers ``event``, before
-        any of them is woken to push a batch."""
-        if self.state == DONE:
-            return
-        group = self._group()
-        group.change.fields["state"] = state
-        if state != RUNNING:
-            self.state = state
-        await self._wait(group)
-        self.state = state
-        if event:
-            self.announce(event)
-        self._notify()
-
-    @property
-    def done(self) -> bool:
-        return self.state == DONE
-
-    @property
-    def closed(self) -> bool:
-        return self.broken is not None and self.broken.kind is Fault.CLOSED
-
-    def announce(self, event: str) -> None:
-        for watcher in list(self.watchers):
-            watcher.tell(event)
-
-    def _notify(self) -> None:
-        for watcher in list(self.watchers):
-            watcher.wake()
-
-    # --- failure: anything that fails breaks the job until ``open`` ---------------------
-
-    def _group(self) -> Group:
-        if self._committer is None:
-            raise Unavailable(f"job {self.name} cannot change now: {self.broken}")
-        return self._committer.current()
-
-    async def _wait(self, group: Group) -> None:
-        """Wait for ``group`` to be committed; if it is not, nothing of it was taken."""
-        assert self._committer is not None
-        try:
-            await self._committer.wait(group)
-        except Exception as exc:
-            raise self._as_error(exc) from exc
-
-    def _break(self, exc: BaseException, opening: bool = False) -> None:
-        if self.closed:
-            return
-        self.broken = Broken.by(exc, opening)
-        if self.broken.kind is Fault.STEP and not isinstance(exc, PlanchetError):
-            log.error("job %s: a step failed; reopening it from its last commit", self.name,
-                      exc_info=exc)
-        self._notify()
-
-    def _as_error(self, exc: BaseException) -> PlanchetError:
-        if self.broken is not None and self.broken.kind is Fault.UNUSABLE:
-            return exc if isinstance(exc, PlanchetError) else ServerError(str(exc))
-        # nothing of the step was taken; its items come back when the job reloads
-        return Unavailable(f"job {self.name}: {self.broken or 'reopened meanwhile'}")
-
-    # --- committing -----------------------------------------------------------------------
-
-    def _seal(self, group: Group) -> None:
-        """Close a group: the counters it commits are memory's as its last step left them."""
-        c = self.counts
-        group.change.fields.update({k: c[k] for k in ("next_id", "offset", "exhausted",
-                                                      "written", "failed")})
-
-    async def _flush(self, group: Group) -> None:
-        offsets = self.counts["out_offset"], self.counts["err_offset"]
-        out, err = await asyncio.to_thread(self.files.append, group.output, group.errors, offsets)
-        group.change.fields.update(out_offset=out, err_offset=err)
-        await self.store.commit(self.name, group.change)
-        self.counts.update(out_offset=out, err_offset=err)
-        self.rate.add(self.counts["written"] + self.counts["failed"])
-
-    def _log_dead(self, group: Group, dead: list[Dead]) -> None:
-        if dead:
-            group.errors.append(encode_errors(dead))
-            self.counts["failed"] += len(dead)
+class Job(JobBase):
+    """Leases, results and the ways a lease ends, on the shared life cycle."""
 
     # --- serving ----------------------------------------------------------------------
 
@@ -307,18 +120,6 @@ class Job:
     def _next_lease_id(self) -> str:
         """The id the next lease will have (a budget sizes the frame that carries it)."""
         return f"{self._lease_prefix}{self._leased:06x}"
-
-    def _ahead_changed(self) -> None:
-        """The read-ahead found the end of the file (or failed): finish, or tell waiters."""
-        ahead = self.ahead
-        if ahead is None or self.broken:
-            return
-        if ahead.failure is not None:
-            self._break(ahead.failure)
-        elif ahead.drained and not self.counts["exhausted"]:
-            self.counts["exhausted"] = 1
-            self._group()  # commits the flag
-            self._check_done()
 
     # --- results and failures -----------------------------------------------------------
 
@@ -471,28 +272,10 @@ class Job:
         await self._wait(group)
         return [lease.owner for lease in expired]
 
-    def _check_done(self) -> Group | None:
-        """Once nothing is left to serve, commit ``done``; memory says so once committed."""
-        if (
-            self.state == DONE or self._finishing is not None or self.spec.mode == "write"
-            or not self.counts["exhausted"] or self.leases or self.queue
-        ):
-            return None
-        group = self._finishing = self._group()
-        group.change.fields["state"] = DONE
-        group.after.append(self._finish)
-        return group
-
-    def _finish(self) -> None:
-        self.state = DONE
-        self.files.close()
-        self._notify()
-
     # --- reporting ----------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
         return job_report(self)
-
 
 
 def _packed(items: dict[int, tuple[Any, int]]) -> list[LeasedItem]:

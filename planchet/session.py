@@ -69,6 +69,16 @@ def _leased(message: Message) -> bool:
     return isinstance(message, Result) and message.lease is not None
 
 
+FINAL_CLOSES = {4001: "this session was resumed on another connection"}
+
+
+def check_close(code: int | None) -> None:
+    """Raise if the server closed with a code that says: do not reconnect."""
+    reason = FINAL_CLOSES.get(code or 0)
+    if reason is not None:
+        raise ConnectionLost(f"connection closed ({code}): {reason}")
+
+
 def backoff(failures: int, base: float = 0.25, cap: float = 5.0) -> float:
     """Seconds to wait before a connection attempt that follows ``failures`` failed ones."""
     return 0.0 if failures == 0 else min(cap, base * 2 ** (failures - 1))

@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from planchet.aclient import AsyncPlanchetClient
 from planchet.embedded import RedisProcess
+from planchet.exceptions import ConnectionLost
 from planchet.messages import (
     PROTOCOL_VERSION,
     Batch,
@@ -309,3 +310,22 @@ def test_client_session_resumes_or_forgets_its_leases() -> None:
                           resume_grace=9.0, resumed=False))
     assert session.answer(late).dropped == 1  # type: ignore[union-attr]
     assert session.hello().session == "s2" and not session.holds("a", "L", 1)
+
+
+async def test_a_python_client_whose_session_moved_stops_instead_of_taking_it_back(
+    make_server: MakeServer, issues_input: Path
+) -> None:
+    """4001 is final for the Python clients: the connection whose session was resumed
+    elsewhere raises ConnectionLost instead of reconnecting and stealing it back."""
+    server = await make_server(resume_grace=WAIT)
+    async with AsyncPlanchetClient(url_of(server)) as client:
+        await client.jobs()
+        name = client._session.name
+        assert name is not None
+        new, again = await hello(server, name)
+        assert again.resumed
+        with pytest.raises(ConnectionLost, match="resumed on another connection"):
+            async with asyncio.timeout(30):  # until the 4001 has reached the client
+                while True:
+                    await client.jobs()
+        await new.close()
