@@ -19,7 +19,7 @@ import logging
 import time
 
 from .admin import Admin
-from .auth import Keys
+from .auth import Keys, WorkerGrant
 from .config import Settings
 from .exceptions import AuthError, PlanchetError, ProtocolError
 from .jobs import Job
@@ -239,7 +239,12 @@ class Dispatcher:
             case Revoke():
                 jobs = self.keys.granted(msg.key).jobs
                 self.keys.check_jobs(jobs, msg.token, session.token)
-                return Reply(id=msg.id, data=await self.admin.revoke(msg.key))
+                holders = [s for s in self.sessions if _key_of(self.keys.worker(s.token)) == msg.key]
+                reply = Reply(id=msg.id, data=await self.admin.revoke(msg.key))
+                for holder in holders:  # cut off now; what they hold goes back free
+                    holder.faulted = True
+                    spawn(holder.close(1008, "worker token revoked"))
+                return reply
         raise ProtocolError(f"unexpected {getattr(msg, 'type', '?')!r} message")
 
     def _credit(self, session: Session, msg: Credit) -> None:
@@ -281,3 +286,7 @@ class Dispatcher:
         granted = job.extend(msg.lease, msg.seconds)
         return Reply(id=msg.id, data={"lease": msg.lease, "held": granted is not None,
                                       "lease_timeout": granted})
+
+
+def _key_of(grant: WorkerGrant | None) -> str | None:
+    return grant.key if grant else None

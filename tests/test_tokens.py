@@ -32,7 +32,9 @@ from planchet.messages import (
 )
 from planchet.server import PlanchetServer
 from planchet.store import Store
+from tests.support import eventually
 from tests.test_server import greet, recv, request, start_job, url_of
+from tests.test_server import refused as closed
 
 MakeServer = Callable[..., Awaitable[PlanchetServer]]
 MASTER = "master-7f3a"
@@ -129,7 +131,9 @@ async def test_a_worker_token_for_one_job_cannot_touch_another(
 async def test_a_revoked_token_stops_working_at_once(
     make_server: MakeServer, issues_input: Path
 ) -> None:
-    """After revoke, the worker's next result and credit are refused; a forged secret too."""
+    """After revoke, a connection that said hello with the token is closed with 1008 and
+    its batch goes back free; any later message with the token is refused; a forged
+    secret too."""
     server, master = await guarded(make_server)
     granted = await ok(master, Grant(id=3, jobs=["j"]))
     worker = await greet(server, token=granted["token"])
@@ -141,11 +145,21 @@ async def test_a_revoked_token_stops_working_at_once(
     admin_j = await greet(server, token=ADMIN_J)
     assert await ok(admin_j, Revoke(id=5, key=granted["key"])) == {"revoked": granted["key"]}
 
-    await worker.send(encode(Result(job="j", lease=held.lease, items=held.items)))
-    error = await recv(worker)
+    _, code = await closed(worker)
+    assert code == 1008 and worker.close_reason == "worker token revoked"
+    await eventually(lambda: server.dispatcher.jobs["j"].queued == len(held.items),
+                     "the revoked worker's batch is queued again")
+    report = await ok(admin_j, JobCommand(type="report", id=9, job="j"))
+    assert report["failed"] == 0  # handed back free: revoking is not the worker's fault
+
+    late = await greet(server)
+    await late.send(encode(Result(job="j", lease=held.lease, items=held.items,
+                                  token=granted["token"])))
+    error = await recv(late)
     assert isinstance(error, Error) and error.code == "unauthorized"
     assert "unknown or revoked worker token" in error.message
-    assert await refused(worker, Extend(id=6, job="j", lease=held.lease))
+    assert await refused(late, Extend(id=6, job="j", lease=held.lease,
+                                      token=granted["token"]))
     again = await request(admin_j, Revoke(id=7, key=granted["key"]))
     assert isinstance(again, Error) and again.code == "bad_request"
 
@@ -155,7 +169,7 @@ async def test_a_revoked_token_stops_working_at_once(
     await anonymous.send(encode(Credit(job="j", batches=1, token=forged)))
     error = await recv(anonymous)
     assert isinstance(error, Error) and error.code == "unauthorized"
-    for ws in (master, worker, admin_k, admin_j, anonymous):
+    for ws in (master, admin_k, admin_j, late, anonymous):
         await ws.close()
 
 
