@@ -61,6 +61,11 @@ export class PlanchetWorker extends EventTarget {
     /** @type {(value: symbol) => void} */
     this._signalStop = () => {};
     this._stopSignal = new Promise((resolve) => { this._signalStop = resolve; });
+    /** @type {(error: any) => void} */
+    this._signalDeath = () => {};
+    /** A fatal end of the client (a final close code, no reconnect left): ends a handler's wait. */
+    this._death = new Promise((resolve) => { this._signalDeath = resolve; }).then((error) => { throw error; });
+    this._death.catch(() => {});  // awaited in a race only
     /** @type {Promise<void> | null} */
     this._stopped = null;
     /** @type {Set<Promise<void>>} acks still on their way */
@@ -92,6 +97,10 @@ export class PlanchetWorker extends EventTarget {
     this.client = client;
     client.addEventListener("open", (e) => this._opened(/** @type {CustomEvent} */ (e).detail));
     client.addEventListener("close", () => { if (!this._stopping) this._setState("connecting"); });
+    client.addEventListener("error", (e) => {
+      const detail = /** @type {CustomEvent} */ (e).detail;
+      if (detail.fatal) this._signalDeath(detail.error);
+    });
     this._started = now();
     this._setState("connecting");
     this._beat();
@@ -172,10 +181,12 @@ export class PlanchetWorker extends EventTarget {
     let results = [];
     /** @type {{id: number, message: string, retry: boolean}[]} */
     let errors = [];
+    const work = Promise.resolve().then(() => handler(values, { ids, lease: batch.lease, job: batch.job }));
+    // the client's death ends the wait (rejecting run), whatever the handler is doing
+    const finished = await Promise.race([work.then(() => true, () => true), this._stopSignal, this._death]);
+    if (this._stopping || finished !== true) return;
     try {
-      const work = Promise.resolve().then(() => handler(values, { ids, lease: batch.lease, job: batch.job }));
-      const out = await Promise.race([work, this._stopSignal]);
-      if (this._stopping) return;
+      const out = await work;
       if (!Array.isArray(out) || out.length !== values.length) {
         throw new TypeError(`the handler returned ${Array.isArray(out) ? out.length + " results" : typeof out} for ${values.length} items`);
       }

@@ -239,7 +239,8 @@ class Dispatcher:
             case Revoke():
                 jobs = self.keys.granted(msg.key).jobs
                 self.keys.check_jobs(jobs, msg.token, session.token)
-                holders = [s for s in self.sessions if _key_of(self.keys.worker(s.token)) == msg.key]
+                holders = [s for s in self.sessions
+                           if _key_of(self.keys.worker(s.token)) == msg.key]
                 reply = Reply(id=msg.id, data=await self.admin.revoke(msg.key))
                 for holder in holders:  # cut off now; what they hold goes back free
                     holder.faulted = True

@@ -184,3 +184,16 @@ test("a refused credit rejects run() with the server's error", { skip }, async (
   assert.equal(worker.state, "stopped");
   void DATA_DIR;
 });
+
+test("run() ends at a final close even while its handler hangs", { skip, timeout: 30_000 }, async () => {
+  const { job } = await startJob("hang");
+  const worker = new PlanchetWorker(URL_, { job, token: MASTER, prefetch: 1 });
+  let started = () => {};
+  const handling = new Promise((resolve) => { started = resolve; });
+  const running = worker.run(() => { started(); return new Promise(() => {}); });  // never settles
+  await handling;
+  const thief = new PlanchetClient(URL_, { token: MASTER, session: worker.session });
+  await thief.connect();  // takes the session over: the worker's connection gets 4001
+  await assert.rejects(running, (err) => err.code === "session_taken");
+  await thief.close();
+});
