@@ -133,9 +133,20 @@ class StartJob(Message):
 class JobCommand(Message):
     """An operation on one job, answered by a ``reply``."""
 
-    type: Literal["report", "pause", "resume", "delete", "clean"]
+    type: Literal["report", "pause", "resume", "delete", "clean", "retry"]
     id: Id
     job: JobName
+    token: str | None = None
+
+
+class Watch(Message):
+    """Push a ``status`` frame now and every ``interval`` seconds (0 stops), for the
+    named jobs or, with ``jobs`` null, every job."""
+
+    type: Literal["watch"] = "watch"
+    id: Id
+    jobs: list[JobName] | None = Field(default=None, max_length=1000)
+    interval: Seconds = Field(default=1.0, ge=0, le=60)
     token: str | None = None
 
 
@@ -234,6 +245,15 @@ class Error(Message):
     retry_after: float | None = None  # seconds: worth trying again then (``unavailable``)
 
 
+class Status(Message):
+    """What a ``watch`` pushes: the server, and each watched job with its workers."""
+
+    type: Literal["status"] = "status"
+    time: float  # Unix seconds
+    server: dict[str, Any]
+    jobs: list[dict[str, Any]]
+
+
 class Goodbye(Message):
     """Sent before the server closes a connection with 1001: come back after a while."""
 
@@ -244,11 +264,11 @@ class Goodbye(Message):
 
 ClientMessage = Annotated[
     Hello | Credit | Result | Release | Extend | StartJob | JobCommand | ServerCommand | Grant
-    | Tokens | Revoke,
+    | Tokens | Revoke | Watch,
     Field(discriminator="type"),
 ]
 ServerMessage = Annotated[
-    Welcome | Batch | Ack | Reply | Event | Error | Goodbye, Field(discriminator="type")
+    Welcome | Batch | Ack | Reply | Event | Error | Goodbye | Status, Field(discriminator="type")
 ]
 
 _client_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
