@@ -554,6 +554,7 @@ async def test_a_new_dispatcher_takes_over_from_a_crashed_one(
     batches = [await peer.next_batch() for _ in range(3)]
     await peer.credit(0)  # the settle below must not free a slot for a fourth batch
     await peer.settle(batches[0])
+    await crashed.jobs["j"].flushed()  # the crash comes after these steps' commit
     # the process dies: its tasks stop, nothing is given back
     assert crashed._maintenance is not None
     crashed._maintenance.cancel()
