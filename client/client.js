@@ -266,7 +266,7 @@ export class PlanchetClient extends EventTarget {
       this._ws?.close(1000, "protocol error");
       return;
     }
-    if (msg.type === "event" || msg.type === "goodbye") this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
+    if (msg.type === "event" || msg.type === "goodbye" || msg.type === "status") this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
   }
 
   /** @param {any} ws @param {number} code @param {string} reason */
@@ -370,6 +370,9 @@ export class PlanchetClient extends EventTarget {
   delete(job, { token } = {}) { return this.request({ type: "delete", job, token }); }
   /** @param {string} job @param {{token?: string | null}} [options] */
   clean(job, { token } = {}) { return this.request({ type: "clean", job, token }); }
+  /** Put the items of the job's error file back in the queue (the file is rotated).
+   * @param {string} job @param {{token?: string | null}} [options] */
+  retry(job, { token } = {}) { return this.request({ type: "retry", job, token }); }
   /** @param {{token?: string | null}} [options] */
   jobs({ token } = {}) { return this.request({ type: "jobs", token }); }
 
@@ -400,6 +403,46 @@ export class PlanchetClient extends EventTarget {
    */
   extend(job, lease, { seconds = null, token } = {}) {
     return this.request({ type: "extend", job, lease, seconds, token });
+  }
+
+  /**
+   * Status frames of `jobs` (null: every job), the first at once, then one every
+   * `interval` seconds, until the loop breaks (the watch then stops) or the client
+   * closes. Kept up across reconnects. A slow reader skips to the newest frame. One
+   * watch per client: a new one replaces the one before (so does its `token`, which
+   * decides whether a job's workers and errors are shown). Each frame is also
+   * dispatched as a `status` event.
+   * @param {{jobs?: string[] | null, interval?: number, token?: string | null}} [options]
+   * @returns {AsyncGenerator<import("./index.js").StatusFrame, void, void>}
+   */
+  async *watch({ jobs = null, interval = 1, token } = {}) {
+    if (!(interval >= 0.25 && interval <= 60)) throw new RangeError(`interval must be between 0.25 and 60 seconds, not ${interval}`);
+    await this._ensureOpen();
+    const msg = this._stamp({ type: "watch", jobs, interval, token });
+    msg.id = this._session.nextId();
+    let seen = this._session.statuses; // the first status may come before the reply is read
+    try {
+      await this._wait(this._session.watch(msg));
+      for (;;) {
+        await this._until(() => this._session.statuses !== seen || this._closing || this._dead !== null);
+        if (this._session.statuses !== seen) {
+          seen = this._session.statuses;
+          yield /** @type {any} */ (this._session.status);
+        } else if (this._dead !== null) throw this._dead;
+        else return;
+      }
+    } finally {
+      if (this._session.watching === msg) this._unwatch(msg);
+    }
+  }
+
+  /** Stop the watch `msg` started; no one waits for the answer. @param {Record<string, any>} msg */
+  _unwatch(msg) {
+    this._session.watching = null;
+    if (this._closing || this._dead !== null) return;
+    const key = this._session.watch({ ...msg, id: this._session.nextId(), interval: 0 });
+    this._session.abandon(key);
+    this._flush();
   }
 
   // --- work -------------------------------------------------------------------------

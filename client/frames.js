@@ -13,7 +13,7 @@ export const MAX_RESULT_ENTRIES = 10000;
 /** Assumed until the welcome says otherwise. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
-const SERVER_TYPES = new Set(["welcome", "batch", "ack", "reply", "event", "error", "goodbye"]);
+const SERVER_TYPES = new Set(["welcome", "batch", "ack", "reply", "event", "error", "goodbye", "status"]);
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** An error from the server (its `code`) or from the client (`connection_lost`,

@@ -81,6 +81,12 @@ export class ClientSession {
   credit(message: Record<string, any>): void;
   uncredit(job: string): void;
   abandon(key: number): void;
+  /** The watch kept up across connections (null: none). */
+  watching: Record<string, any> | null;
+  /** The newest status frame, and how many came so far. */
+  status: StatusFrame | null;
+  statuses: number;
+  watch(message: Record<string, any>): number;
   takeOutbox(): Record<string, any>[];
   receive(frame: unknown, now?: number): Record<string, any> | null;
   hasAnswer(key: number): boolean;
@@ -129,6 +135,62 @@ export interface BatchOptions {
 
 export type Report = Record<string, any>;
 
+/** A worker of a job, as a status frame shows it. */
+export interface WorkerStatus {
+  /** A short id of the session (not the resumable session id). */
+  id: string;
+  kind: "blocking" | "asyncio" | "work" | "browser" | "node" | "other";
+  /** The client's name from its hello. */
+  client: string | null;
+  address: string | null;
+  /** Items it settled per second, recently. */
+  rate: number;
+  done: number;
+  failed: number;
+  leases: number;
+  in_flight: number;
+  /** Seconds since its last frame. */
+  last_seen: number;
+}
+
+/** A job in a status frame: its report, its workers, its last errors, its rate history. */
+export interface JobStatus extends Report {
+  job: string;
+  state: "running" | "paused" | "done";
+  read: number;
+  written: number;
+  failed: number;
+  in_flight: number;
+  queued: number;
+  rate: number;
+  eta_seconds: number | null;
+  /** Why the job is broken, else null. */
+  error: string | null;
+  /** null unless the watch's token may administer the job. */
+  workers: WorkerStatus[] | null;
+  /** The last 10 lines of the error file, newest last; null as for workers. */
+  errors: { id: number; error: string; attempts: number }[] | null;
+  /** [Unix seconds, items/s], one point per 5 s over the last 10 minutes. */
+  history: [number, number][];
+}
+
+export interface StatusFrame {
+  type: "status";
+  /** Unix seconds. */
+  time: number;
+  server: { version: string; connections: number; workers: number; redis: string; [key: string]: any };
+  jobs: JobStatus[];
+}
+
+export interface WatchOptions {
+  /** The jobs to watch (default null: every job). */
+  jobs?: string[] | null;
+  /** Seconds between status frames, 0.25 to 60 (default 1). */
+  interval?: number;
+  /** Shows each job's workers and errors when it may administer the job. */
+  token?: string | null;
+}
+
 export class WorkBatch {
   client: PlanchetClient;
   job: string;
@@ -160,6 +222,10 @@ export class PlanchetClient extends EventTarget {
   resume(job: string, options?: { token?: string | null }): Promise<Report>;
   delete(job: string, options?: { token?: string | null }): Promise<{ deleted: string }>;
   clean(job: string, options?: { token?: string | null }): Promise<Report>;
+  /** Put the items of the job's error file back in the queue; the file is rotated. */
+  retry(job: string, options?: { token?: string | null }): Promise<Report & { retried: number; rotated_to: string | null }>;
+  /** Status frames until the loop breaks or the client closes; one watch per client. */
+  watch(options?: WatchOptions): AsyncGenerator<StatusFrame, void, void>;
   jobs(options?: { token?: string | null }): Promise<Report[]>;
   grantToken(jobs: string[], options?: { label?: string | null; token?: string | null }): Promise<{ key: string; token: string; jobs: string[]; label: string | null; created: number }>;
   workerTokens(job?: string | null, options?: { token?: string | null }): Promise<{ key: string; jobs: string[]; label: string | null; created: number }[]>;

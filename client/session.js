@@ -20,6 +20,9 @@ import {
 
 export * from "./frames.js";
 
+/** Where this client runs, for the server's `watch` (hello.client: `planchet-js/<v> node`). */
+const RUNTIME = typeof process !== "undefined" && process.versions?.node ? "node" : "browser";
+
 /**
  * @typedef {{ids: Set<number>, received: number, leaseTimeout: number}} Held
  * @typedef {{type: "batch", job: string, lease: string, items: [number, any][], lease_timeout: number, bytes: number, received: number}} BatchFrame
@@ -31,7 +34,7 @@ export class ClientSession {
   /**
    * @param {{token?: string | null, resumable?: boolean, session?: string | null, client?: string}} [options]
    */
-  constructor({ token = null, resumable = false, session = null, client = CLIENT_NAME } = {}) {
+  constructor({ token = null, resumable = false, session = null, client = `${CLIENT_NAME} ${RUNTIME}` } = {}) {
     this.token = token;
     this.client = client;
     /** Ask the server to keep this session's leases through a blip. */
@@ -59,6 +62,14 @@ export class ClientSession {
     this.credits = new Map();
     /** @type {Map<string, Set<number>>} unsettled leases of dropped connections */
     this.stale = new Map();
+    /** @type {Map<string, PlanchetError>} jobs whose worker must stop (circuit breaker) */
+    this.circuits = new Map();
+    /** @type {Frame | null} the watch kept up: sent again on each new connection */
+    this.watching = null;
+    /** @type {Frame | null} the newest status frame */
+    this.status = null;
+    /** Status frames received so far: a reader waits for it to change. */
+    this.statuses = 0;
     this._lastId = 0;
     this._forgetLeases();
     this._forgetConnection();
@@ -149,6 +160,9 @@ export class ClientSession {
     this.server = msg.server ?? "";
     this.connected = true;
     this.outbox = [...this.credits.values(), ...this.pending.values()];
+    const watchPending = [...this.pending.values()].some((message) => message.type === "watch");
+    // its reply has no one waiting: a reply to an id not pending is dropped
+    if (this.watching !== null && !watchPending) this.outbox.push({ ...this.watching, id: this.nextId() });
     for (const [key, message] of this.pending) {
       if (message.type === "result") this._ackQueue(message.job).push(key);
     }
@@ -247,6 +261,16 @@ export class ClientSession {
   }
 
   /**
+   * Queue a watch; its key. The server pushes `status` frames until a watch with
+   * interval 0; the latest watch is sent again on each new connection.
+   * @param {Frame} message
+   */
+  watch(message) {
+    this.watching = message.interval > 0 ? message : null;
+    return this.request(message);
+  }
+
+  /**
    * The job's consumer has stopped: do not ask for more on a new connection.
    * @param {string} job
    */
@@ -334,10 +358,15 @@ export class ClientSession {
       let queue = this.batches.get(msg.job);
       if (queue === undefined) this.batches.set(msg.job, (queue = []));
       queue.push(/** @type {BatchFrame} */ (msg));
+    } else if (msg.type === "status") {
+      this.status = msg;
+      this.statuses += 1;
     } else if (msg.type === "event" && msg.event === "done") {
       this.ended.set(msg.job, null);
     } else if (msg.type === "event" && msg.event === "deleted") {
       this.ended.set(msg.job, new PlanchetError(`job ${msg.job} was deleted`, { code: "job_deleted" }));
+    } else if (msg.type === "error" && msg.code === "circuit_open" && msg.id == null && msg.job != null) {
+      this.openCircuit(msg.job, errorFromFrame(msg)); // the server cut us off the job: it answers no result
     } else if ((msg.type === "reply" || msg.type === "error") && msg.id != null) {
       this._answer(msg.id, msg);
     } else if ((msg.type === "ack" || msg.type === "error") && acks !== undefined && acks.length > 0) {
@@ -380,7 +409,16 @@ export class ClientSession {
 
   /** @param {string} job */
   hasBatch(job) {
-    return (this.batches.get(job)?.length ?? 0) > 0 || this.ended.has(job);
+    return (this.batches.get(job)?.length ?? 0) > 0 || this.ended.has(job) || this.circuits.has(job);
+  }
+
+  /**
+   * The job's worker must stop (it failed every item of batch after batch): the next
+   * `takeBatch` throws `error` (code circuit_open), before any batch still queued.
+   * @param {string} job @param {PlanchetError} error
+   */
+  openCircuit(job, error) {
+    if (!this.circuits.has(job)) this.circuits.set(job, error);
   }
 
   /**
@@ -391,6 +429,12 @@ export class ClientSession {
    * @returns {BatchFrame | typeof DONE | null}
    */
   takeBatch(job) {
+    const circuit = this.circuits.get(job);
+    if (circuit !== undefined) {
+      this.circuits.delete(job);
+      this.credits.delete(job);
+      throw circuit;
+    }
     const queue = this.batches.get(job);
     if (queue !== undefined && queue.length > 0) return /** @type {BatchFrame} */ (queue.shift());
     if (!this.ended.has(job)) return null;

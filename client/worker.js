@@ -9,12 +9,20 @@
 // error; a thrown error fails the whole batch, to be retried), keeps every lease it holds
 // alive with `extend` while the work takes longer than half its lease_timeout, survives
 // blips (the session resumes its leases), and on `stop()` hands its leases back.
+//
+// Its circuit breaker: after `maxFailingBatches` (default 3; 0: never) batches in a row
+// acked with every item failed and none written, `run()` rejects with a PlanchetError of
+// code `circuit_open` naming the last error (and fires `error`), so a broken handler does
+// not burn the job's attempts. A batch of items all failed here before (retries) is left
+// out of the count. The server's own breaker (`circuit_open` frame) ends it the same way.
 
 import { DEFAULT_MAX_BATCH_BYTES, PlanchetClient } from "./client.js";
+import { PlanchetError } from "./frames.js";
 
 const RATE_WINDOW_MS = 30000;
 const RELEASE_WAIT_MS = 5000;
 const HEARTBEAT_MAX_MS = 1000;
+const MAX_FAILED_IDS = 100000; // ids failed here remembered, to know a batch of retries
 const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
 
 /** What a handler returns for an item it failed on (see `PlanchetWorker.fail`). */
@@ -46,7 +54,7 @@ export class PlanchetWorker extends EventTarget {
    * @param {import("./index.js").WorkerOptions} options
    */
   constructor(url, { job, token = null, prefetch = 2, batchSize = null, maxBatchBytes = DEFAULT_MAX_BATCH_BYTES,
-    resumable = true, session = null, retries = 60, WebSocket = null }) {
+    resumable = true, session = null, retries = 60, WebSocket = null, maxFailingBatches = 3 }) {
     super();
     if (!job) throw new TypeError("PlanchetWorker needs a job");
     this.url = url;
@@ -77,6 +85,11 @@ export class PlanchetWorker extends EventTarget {
     this._started = 0;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this._timer = null;
+    this.maxFailingBatches = maxFailingBatches;
+    /** The breaker: batches in a row failed on every item, the last error, the ids failed. */
+    this._failing = { count: 0, last: "", ids: new Set() };
+    /** @type {PlanchetError | null} set when the breaker opens: run() ends with it */
+    this._circuit = null;
   }
 
   /** This worker's session id (keep it, e.g. in sessionStorage, to resume after a reload). */
@@ -109,6 +122,7 @@ export class PlanchetWorker extends EventTarget {
       await client.connect();
       for await (const batch of client.batches(this.job, { prefetch, batchSize, maxBatchBytes })) {
         if (this._stopping) break;
+        if (this._circuit !== null) throw this._circuit;
         await this._work(batch, handler);
         if (!this._stopping) this._setState("waiting");
       }
@@ -200,12 +214,17 @@ export class PlanchetWorker extends EventTarget {
       errors = ids.map((id) => ({ id, message: describe(err), retry: true }));
       this._emit("error", { error: err, fatal: false, job: batch.job, lease: batch.lease });
     }
-    this._settle(batch.ack(results, errors));
+    if (this._circuit !== null) return; // its items go back free when run() closes
+    const fresh = ids.some((id) => !this._failing.ids.has(id));
+    if (errors.length > 0) this._failing.last = errors[errors.length - 1].message;
+    if (this._failing.ids.size > MAX_FAILED_IDS) this._failing.ids.clear();
+    for (const { id } of errors) this._failing.ids.add(id);
+    this._settle(batch.ack(results, errors), fresh);
   }
 
-  /** @param {Promise<import("./index.js").Ack>} sent */
-  _settle(sent) {
-    const done = sent.then((ack) => this._count(ack), (error) => {
+  /** @param {Promise<import("./index.js").Ack>} sent @param {boolean} fresh */
+  _settle(sent, fresh = true) {
+    const done = sent.then((ack) => { this._count(ack); this._breaker(ack, fresh); }, (error) => {
       if (!this._stopping) this._emit("error", { error, fatal: false });
     });
     this._acks.add(done);
@@ -227,6 +246,25 @@ export class PlanchetWorker extends EventTarget {
     const span = Math.min(RATE_WINDOW_MS, t - this._started) / 1000;
     p.rate = span > 0 ? Math.round((settled / span) * 100) / 100 : 0;
     this._emit("progress", { ...p });
+  }
+
+  /**
+   * Count the batches in a row acked with every item failed (a batch of retries only,
+   * `fresh` false, is left out); open the circuit at `maxFailingBatches`.
+   * @param {import("./index.js").Ack} ack @param {boolean} fresh
+   */
+  _breaker(ack, fresh) {
+    const f = this._failing;
+    if (ack.written > 0) f.count = 0;
+    else if (ack.failed + ack.retried > 0 && fresh) f.count += 1;
+    if (this.maxFailingBatches > 0 && f.count >= this.maxFailingBatches && this._circuit === null) {
+      this._circuit = new PlanchetError(
+        `the last ${f.count} batches of job ${this.job} failed on every item (the last error: ${f.last.slice(0, 500)}); ` +
+        `stopping this worker: fix it and start it again (maxFailingBatches=${this.maxFailingBatches})`,
+        { code: "circuit_open" });
+      this.client?.state.openCircuit(this.job, this._circuit); // ends the wait for the next batch
+      this.client?._notify();
+    }
   }
 
   /** The heartbeat: extend every lease held for longer than half its lease_timeout since

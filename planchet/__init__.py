@@ -5,6 +5,7 @@ from .client import PlanchetClient
 from .exceptions import (
     AuthError,
     BadRequest,
+    CircuitOpen,
     ConnectionLost,
     JobConflict,
     JobNotFound,
@@ -12,19 +13,23 @@ from .exceptions import (
     PlanchetError,
     ProtocolError,
 )
+from .progress import Progress, TqdmBar
 from .version import __version__
 
 __all__ = [
     "AsyncPlanchetClient",
     "AuthError",
     "BadRequest",
+    "CircuitOpen",
     "ConnectionLost",
     "JobConflict",
     "JobNotFound",
     "PathRefused",
     "PlanchetClient",
     "PlanchetError",
+    "Progress",
     "ProtocolError",
+    "TqdmBar",
     "WorkBatch",
     "__version__",
 ]

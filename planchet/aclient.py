@@ -47,11 +47,15 @@ from .messages import (
     Revoke,
     ServerCommand,
     StartJob,
+    Status,
     Tokens,
+    Watch,
     encode,
     make_result,
 )
-from .session import ClientSession, check_close, dropped
+from .progress import ProgressOption, make_callback
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
+from .version import __version__
 
 HELLO_TIMEOUT = 30.0
 
@@ -71,13 +75,19 @@ class WorkBatch:
 
 
 class AsyncPlanchetClient:
+    client_name = f"planchet-python/{__version__} asyncio"  # hello.client, shown by watch
+
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, *,
-                 retries: int = 8, ssl: ssl.SSLContext | None = None) -> None:
+                 retries: int = 8, ssl: ssl.SSLContext | None = None,
+                 max_failing_batches: int = MAX_FAILING_BATCHES) -> None:
         self.url = websocket_url(url)
         self.token = token
         self.ssl = ssl  # for wss:// URLs: the TLS context (say, trusting a private CA)
         self.retries = retries  # failed connection attempts in a row before ConnectionLost
-        self._session = ClientSession(token)
+        # batches of a job in a row failed on every item (errors, nothing written) after
+        # which ``batches`` raises CircuitOpen; 0: never
+        self._session = ClientSession(token, max_failing_batches=max_failing_batches,
+                                      client=self.client_name)
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sending = asyncio.Lock()  # frames leave in the order the session queued them
@@ -214,13 +224,19 @@ class AsyncPlanchetClient:
     # --- work -------------------------------------------------------------------------
 
     async def batches(self, job: str, prefetch: int = 2, batch_size: int | None = None,
-                      token: str | None = None,
-                      max_batch_bytes: int | None = None) -> AsyncIterator[WorkBatch]:
+                      token: str | None = None, max_batch_bytes: int | None = None,
+                      progress: ProgressOption = None) -> AsyncIterator[WorkBatch]:
         """Batches of ``job`` as the server pushes them, until the job is done.
 
         ``max_batch_bytes``: no batch frame is bigger, but for a lone item that is.
+        ``progress``: a function called with a ``Progress`` (this worker's counts, the
+        job's total and ETA) at each batch when they moved, and once more at the end;
+        True draws a ``tqdm`` bar.
         """
+        callback = make_callback(progress)
         await self._ensure_open()
+        if callback is not None:
+            self._session.track(job, callback, token)
         self._session.credit(Credit(job=job, batches=prefetch, batch_size=batch_size,
                                     max_batch_bytes=max_batch_bytes, token=token or self.token))
         try:
@@ -230,9 +246,13 @@ class AsyncPlanchetClient:
                 got = self._session.take_batch(job)  # a deleted job or refused credit raises
                 if not isinstance(got, Batch):
                     return
+                self._session.progress(job)
+                if self._session.outbox:  # a report request
+                    await self._flush()
                 yield WorkBatch(self, got.job, got.lease, got.items, got.lease_timeout)
         finally:
             self._session.uncredit(job)
+            self._session.progress(job, final=True)
 
     async def send_results(self, job: str, lease: str | None, results: list[Item],
                            errors: list[ItemError] | None = None,
@@ -284,9 +304,47 @@ class AsyncPlanchetClient:
     async def delete(self, job: str, token: str | None = None) -> dict[str, Any]:
         return await self._command("delete", job, token)
 
+    async def retry(self, job: str, token: str | None = None) -> dict[str, Any]:
+        """Put the job's failed items back in the queue (see ``PlanchetClient.retry_job``)."""
+        return await self._command("retry", job, token)
+
     async def jobs(self, token: str | None = None) -> list[dict[str, Any]]:
         return await self._request(ServerCommand(type="jobs", id=self._session.next_id(),
                                                  token=token or self.token))
+
+    async def watch(self, jobs: Sequence[str] | None = None, interval: float = 1.0,
+                    token: str | None = None) -> AsyncIterator[Status]:
+        """The server's ``status`` (every job, or ``jobs``) now and every ``interval``
+        seconds (0.25 to 60), across reconnects, until the loop stops. A job's workers and
+        errors are ``None`` unless ``token`` (or the client's) may administer the job.
+        A reader slower than the statuses gets the newest ones."""
+        watch = Watch(id=self._session.next_id(), jobs=None if jobs is None else list(jobs),
+                      interval=float(interval), token=token or self.token)
+        await self._ensure_open()
+        self._session.statuses.clear()
+        self._session.watching = watch
+        try:
+            await self._wait(self._session.request(watch))
+            while True:
+                await self._until(lambda: bool(self._session.statuses) or self._ended())
+                if not self._session.statuses:
+                    raise ConnectionLost("the connection ended")
+                yield self._session.statuses.popleft()
+        finally:
+            if self._session.watching is watch:
+                self._session.watching = None
+                await self._unwatch()
+
+    def _ended(self) -> bool:
+        return self._closing or self._reader is None or self._reader.done()
+
+    async def _unwatch(self) -> None:
+        """Stop the server's statuses; nobody waits for the reply."""
+        if self._ended():
+            return
+        self._session.abandon(self._session.request(Watch(id=self._session.next_id(),
+                                                          interval=0.0)))
+        await self._flush()
 
     # --- worker tokens -----------------------------------------------------------------
 

@@ -155,9 +155,14 @@ class Admin:
             return job.report()
 
     async def command(self, kind: str, name: str) -> dict[str, Any]:
-        """``pause``, ``resume``, ``delete`` or ``clean`` one job; its report after."""
+        """``pause``, ``resume``, ``delete``, ``clean`` or ``retry`` one job; its report
+        after (for ``retry``, with how many items went back and where the old error
+        file went: ``retried``, ``rotated_to``)."""
         job = self.get(name)
-        async with self._lock:
+        async with self._lock:  # a retry too: no job may claim the name it rotates to
+            if kind == "retry":
+                retried = await job.retry()
+                return {"job": job.name, **retried, **job.report()}
             if kind in ("pause", "resume"):
                 await job.set_state(PAUSED if kind == "pause" else RUNNING,
                                     "paused" if kind == "pause" else "resumed")

@@ -4,7 +4,8 @@ rule for each request.
 * The **master token** (server configuration) allows everything. Without one, the
   server is open to whoever can reach it (and whose page's origin it accepts).
 * A job's **admin token** (set by the ``start_job`` that created the job; only its
-  SHA-256 is kept) is needed for everything on that job but ``report``. A job without
+  SHA-256 is kept) is needed for everything on that job but ``report`` and ``watch``
+  (whose ``status`` shows a job's workers and errors only to it: ``may_administer``). A job without
   one is open, as is a server without a master token.
 * Creating a job, or replacing one (``clean_start``, which can name new files and
   truncate them), needs the master token, like ``jobs``, ``purge`` and ``tokens``
@@ -38,7 +39,7 @@ from typing import Any
 
 from .exceptions import AuthError, BadRequest
 
-OPEN = {"hello", "report"}
+OPEN = {"hello", "report", "watch"}
 MASTER_ONLY = {"jobs", "purge"}
 WORKER_KINDS = {"credit", "result", "release", "extend"}
 WORKER_ONLY = "a worker token may only take batches and send results"
@@ -150,6 +151,21 @@ class Keys:
             worker = WORKER_TOKEN.match(token)
             raise AuthError(f"wrong token for job {name}"
                             + (" (an unknown or revoked worker token)" if worker else ""))
+
+    def may_administer(self, job: str, token: str | None, hello: str | None) -> bool:
+        """Whether a request may see what only a job's admin sees (its workers and
+        errors in ``watch``): the job's token, the master token, or a job without a
+        token; never a worker token. Like ``check_job``, without raising."""
+        presented = token if token is not None else hello
+        if self.worker(presented) is not None:
+            return False
+        if self.is_master(token) or self.is_master(hello):
+            return True
+        try:
+            self.check_job(job, presented)
+        except AuthError:
+            return False
+        return True
 
     def check_jobs(self, jobs: Iterable[str], token: str | None, hello: str | None) -> None:
         """For ``grant`` and ``revoke``: pass if the request may administer every job."""

@@ -11,93 +11,25 @@ come out as ``planchet: <code>: <message>`` on stderr with exit status 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import ssl
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_common import client as connect
+from .cli_common import client_options
+from .cli_serve import add_serve
 from .cli_tokens import add_token_commands
-from .client import DEFAULT_URL, PlanchetClient
-from .config import DEFAULT_PORT, Settings
-from .display import format_report, format_table
+from .cli_work import add_work
+from .display import LiveLine, format_report, format_status_line, format_table
 from .exceptions import PlanchetError
 from .version import __version__
 
-WORK_HELP = """\
-Run a worker that pipes each batch through COMMAND as JSON lines, so a worker can
-be written in any language.
-
-COMMAND reads one line per item, {"id": ID, "item": ITEM}, on stdin and writes one
-line per item on stdout: {"id": ID, "result": RESULT} or {"id": ID, "error": "why"}
-(add "retry": false to send the item to the error file at once). Answers may come in
-any order; flush stdout after each line, and write anything else to stderr.
-
-By default COMMAND is started once and kept running as a co-process (so it loads
-its model or opens its connections once): for each batch the worker writes the
-batch's lines and reads exactly as many lines back. If it crashes mid-batch, the
-first unanswered item is reported as an error (the one it was working on, for a
-program that answers in order), it is restarted and the rest of the batch goes to
-it again. With --per-batch, COMMAND is started afresh for each batch, its stdin is
-closed after the batch, and every line it writes until it exits is read: handy
-for filters such as `jq -c`. A program that has not answered a batch within its
-lease timeout is killed (and restarted for the next batch).
-
-Items without a valid answer are reported as errors; the server retries them up to
-the job's max_attempts, then writes them to the job's error file. Exits 0 once the
-job is done.
-
-Example:  planchet work my-job -- python examples/uppercase.py
-"""
-
-
 # --- commands ---------------------------------------------------------------------------
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from .server import run
-
-    settings = Settings.load(
-        host=args.host, port=args.port, data_dir=args.data_dir, redis_url=args.redis,
-        token=args.token, allow_origins=args.allow_origin,
-        max_connections=args.max_connections,
-        max_pending_connections=args.max_pending_connections, crash_grace=args.crash_grace,
-        compression=args.compression or None, resume_grace=args.resume_grace,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, pages_dir=args.pages,
-    )
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(run(settings))
-    return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (faster sockets), unless
-    ``PLANCHET_LOOP=asyncio`` asks for the standard one."""
-    if os.environ.get("PLANCHET_LOOP", "uvloop") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _client(args: argparse.Namespace) -> PlanchetClient:
-    return PlanchetClient(args.url, args.token, retries=2, timeout=60, ssl=_tls(args))
-
-
-def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """A TLS context trusting ``--ca-file`` as well as the system's CAs; None without one."""
-    if not args.ca_file:
-        return None
-    try:
-        return ssl.create_default_context(cafile=args.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise PlanchetError(f"cannot read the CA file {args.ca_file}: {exc}") from exc
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -107,11 +39,13 @@ def _start(args: argparse.Namespace) -> int:
         metadata["input_file_path"] = args.input
     if args.output:
         metadata["output_file_path"] = args.output
+    if args.bare:
+        metadata["output"] = "bare"
     options = {k: v for k, v in (("batch_size", args.batch_size),
                                  ("lease_timeout", args.lease_timeout),
                                  ("batch_seconds", args.batch_seconds),
                                  ("max_attempts", args.max_attempts)) if v is not None}
-    with _client(args) as client:
+    with connect(args) as client:
         report = client.start_job(args.job, metadata, reader, writer_name=writer,
                                   clean_start=args.clean_start, token=args.job_token,
                                   mode=args.mode, **options)
@@ -142,7 +76,7 @@ def _parse_meta(pairs: Sequence[str]) -> list[tuple[str, Any]]:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         reports = client.list_jobs()
     if args.json:
         print(json.dumps(reports, indent=2))
@@ -152,15 +86,37 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    if args.watch:
+        return _watch(args)
+    with connect(args) as client:
         report = client.get_job_report(args.job)
     _print_report(report, args.json)
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    """``status --watch``: the report again every ``--interval`` seconds, in place on a
+    terminal (a line per refresh elsewhere), until the job is done."""
+    if not args.interval > 0:
+        raise PlanchetError("--interval wants a number of seconds above 0")
+    with connect(args) as client, LiveLine(sys.stdout) as live:
+        while True:
+            report = client.get_job_report(args.job)
+            if args.json:
+                print(json.dumps(report), flush=True)
+            elif live.live:
+                live.show(f"{format_report(report)}\n{'updated':<10} "
+                          f"{time.strftime('%H:%M:%S')} (Ctrl-C to stop)", force=True)
+            else:
+                print(format_status_line(report), flush=True)
+            if report["state"] == "done":
+                return 0
+            time.sleep(args.interval)
+
+
 def _job_command(args: argparse.Namespace) -> int:
     """pause, resume or delete."""
-    with _client(args) as client:
+    with connect(args) as client:
         action = {"pause": client.pause_job, "resume": client.resume_job,
                   "delete": client.delete_job}[args.command]
         reply = action(args.job)
@@ -173,15 +129,16 @@ def _job_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _work(args: argparse.Namespace) -> int:
-    from .worker import work
-
-    if not args.program:
-        raise PlanchetError("planchet work needs a command to run, after --")
-    tally = asyncio.run(work(args.job, args.program, url=args.url, token=args.token,
-                             prefetch=args.prefetch, batch_size=args.batch_size,
-                             per_batch=args.per_batch, ssl=_tls(args)))
-    print(f"{args.job}: done; {tally.summary()}")
+def _retry(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.retry_job(args.job)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif reply["retried"]:
+        print(f"job {args.job}: {reply['retried']} failed items back in the queue; "
+              f"the old error file is now {reply['rotated_to']}")
+    else:
+        print(f"job {args.job}: no failed items to retry")
     return 0
 
 
@@ -229,64 +186,6 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
 # --- parser -----------------------------------------------------------------------------
 
 
-def _client_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("PLANCHET_URL", DEFAULT_URL),
-                        help="server URL (default $PLANCHET_URL or %(default)s)")
-    _add_token_options(common, "master or job token (else $PLANCHET_TOKEN)")
-    common.add_argument("--ca-file", metavar="PATH", default=os.environ.get("PLANCHET_CA_FILE"),
-                        help="PEM certificates to trust for a wss:// server, such as a "
-                             "self-signed one (default $PLANCHET_CA_FILE)")
-    return common
-
-
-def _add_token_options(parser: argparse.ArgumentParser, text: str) -> None:
-    tokens = parser.add_mutually_exclusive_group()
-    tokens.add_argument("--token-file", metavar="PATH",
-                        help=f"a file holding the {text}")
-    tokens.add_argument("--token", help="the token itself: visible to other users in ps")
-
-
-def _add_serve(commands: Any) -> None:
-    serve = commands.add_parser(
-        "serve", help="run the server",
-        description="Run the server. Every option can also be set as PLANCHET_<OPTION>.",
-    )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--data-dir", help="job files must be inside it (default: .)")
-    serve.add_argument(
-        "--redis", help="Redis URL; without one a private redis-server runs under the data dir"
-    )
-    _add_token_options(serve, "master token, for server-wide operations "
-                              "(else $PLANCHET_TOKEN)")
-    serve.add_argument("--allow-origin", action="append", metavar="ORIGIN",
-                       help="a web origin (https://host[:port]) whose pages may connect, "
-                            "besides loopback and the server's own; repeatable; '*' for any "
-                            "(default $PLANCHET_ALLOW_ORIGIN, comma-separated)")
-    serve.add_argument("--max-connections", type=int,
-                       help="open WebSocket connections at most; past it an upgrade gets "
-                            "503 (default 1000)")
-    serve.add_argument("--max-pending-connections", type=int,
-                       help="connections that have not said hello yet, at most; the oldest "
-                            "is dropped for a new one (default 100)")
-    serve.add_argument("--compression", action="store_true",
-                       help="compress WebSocket frames (permessage-deflate): for slow links; "
-                            "costs CPU on both ends (default off, $PLANCHET_COMPRESSION)")
-    serve.add_argument("--crash-grace", type=float, metavar="SECONDS",
-                       help="a worker that vanishes sooner than this after getting a batch "
-                            "is not charged an attempt for it (default 1)")
-    serve.add_argument("--resume-grace", type=float, metavar="SECONDS",
-                       help="how long a resumable worker that dropped (a browser tab "
-                            "reloading, a Wi-Fi blip) keeps its batches (default 10)")
-    serve.add_argument("--tls-cert", metavar="PATH",
-                       help="certificate chain (PEM): serve wss:// and https://")
-    serve.add_argument("--tls-key", metavar="PATH", help="private key (PEM) of --tls-cert")
-    serve.add_argument("--pages", metavar="DIR",
-                       help="serve the files of DIR at /pages/ (your browser work modules)")
-    serve.set_defaults(func=_serve)
-
-
 def _add_start(commands: Any, common: argparse.ArgumentParser) -> None:
     start = commands.add_parser(
         "start", parents=[common], help="start (or resume) a job",
@@ -312,6 +211,9 @@ def _add_start(commands: Any, common: argparse.ArgumentParser) -> None:
                        help="start from the top, overwriting the output")
     start.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                        help="more metadata for the reader/writer (repeatable)")
+    start.add_argument("--bare", action="store_true",
+                       help="write each result alone, without its id (the original Planchet's "
+                            "output; metadata output=bare)")
     job_token = start.add_mutually_exclusive_group()
     job_token.add_argument("--job-token-file", metavar="PATH",
                            help="a file holding a token the job's workers will need")
@@ -327,7 +229,13 @@ def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     status = commands.add_parser("status", parents=[common],
                                  help="a job's counts, rate and ETA")
     status.add_argument("job")
-    status.add_argument("--json", action="store_true", help="print the raw report")
+    status.add_argument("--json", action="store_true",
+                        help="print the raw report (with --watch: one JSON line per refresh)")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh until the job is done: in place on a terminal, a line "
+                             "per refresh on a pipe (Ctrl-C stops)")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between refreshes with --watch (default %(default)s)")
     status.set_defaults(func=_status)
     for name, text in (("pause", "stop serving a job's items"),
                        ("resume", "serve a paused job's items again"),
@@ -336,23 +244,13 @@ def _add_job_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         sub.add_argument("job")
         sub.add_argument("--json", action="store_true", help="print the raw report")
         sub.set_defaults(func=_job_command)
-
-
-def _add_work(commands: Any, common: argparse.ArgumentParser) -> None:
-    work = commands.add_parser(
-        "work", parents=[common], help="process a job with any program (JSON lines)",
-        description=WORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="planchet work JOB [options] -- COMMAND [ARGS...]",
-    )
-    work.add_argument("job", help="the job's name")
-    work.add_argument("--prefetch", type=int, default=2,
-                      help="batches to hold at once (default %(default)s)")
-    work.add_argument("--batch-size", type=int, help="items per batch (default: the job's)")
-    work.add_argument("--per-batch", action="store_true",
-                      help="start COMMAND afresh for each batch instead of keeping it running")
-    work.add_argument("program", nargs="*", metavar="COMMAND",
-                      help="the program and its arguments, after --")
-    work.set_defaults(func=_work)
+    retry = commands.add_parser(
+        "retry", parents=[common], help="put a job's failed items back in the queue",
+        description="Once the cause is fixed: every item of the job's error file goes back "
+                    "in the queue (once), and the error file is renamed <error file>.<n>.")
+    retry.add_argument("job")
+    retry.add_argument("--json", action="store_true", help="print the raw reply")
+    retry.set_defaults(func=_retry)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,11 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"planchet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
-    common = _client_options()
-    _add_serve(commands)
+    common = client_options()
+    add_serve(commands)
     _add_start(commands, common)
     _add_job_commands(commands, common)
-    _add_work(commands, common)
+    add_work(commands, common)
     add_token_commands(commands, common)
     return parser
 
@@ -404,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `planchet jobs | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from .client import PlanchetClient
+from .cli_common import client as connect
 
 
 def add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -41,12 +41,8 @@ def add_token_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     revoke.set_defaults(func=_revoke)
 
 
-def _client(args: argparse.Namespace) -> PlanchetClient:
-    return PlanchetClient(args.url, args.token, retries=2, timeout=60)
-
-
 def _create(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         reply = client.grant_token(args.jobs, label=args.label)
     if args.json:
         print(json.dumps(reply, indent=2))
@@ -60,14 +56,14 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         grants = client.worker_tokens(args.job)
     print(json.dumps(grants, indent=2) if args.json else format_tokens(grants))
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with connect(args) as client:
         client.revoke_token(args.key)
     print(f"revoked worker token {args.key}")
     return 0

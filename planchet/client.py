@@ -29,6 +29,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from .exceptions import (
     AuthError,
+    CircuitOpen,
     ConnectionLost,
     PlanchetError,
     ProtocolError,
@@ -50,7 +51,8 @@ from .messages import (
     encode,
     make_result,
 )
-from .session import ClientSession, check_close, dropped
+from .progress import ProgressOption, make_callback
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
 
 DEFAULT_URL = "ws://127.0.0.1:5005"
 T = TypeVar("T")
@@ -123,9 +125,13 @@ def close_code(exc_type: type[BaseException] | None) -> tuple[int, str]:
     1000 for a normal end and 1001 for a stop (Ctrl-C, exit, cancel): the server
     requeues the leases without charging an attempt. 1011 when the worker's code
     raised: the server charges the attempt, so a poison item reaches the error file.
+    1000 too when the worker's circuit breaker stopped it: it failed what it worked on
+    already, and the batches it holds were not its fault.
     """
     if exc_type is None:
         return 1000, ""
+    if issubclass(exc_type, CircuitOpen):
+        return 1000, "worker stopped: circuit open"
     if not issubclass(exc_type, Exception):
         return 1001, "worker stopped"
     return 1011, f"worker failed: {exc_type.__name__}"[:123]
@@ -142,6 +148,7 @@ class PlanchetClient:
         retries: int = 8,
         timeout: float | None = None,
         ssl: ssl.SSLContext | None = None,
+        max_failing_batches: int = MAX_FAILING_BATCHES,
     ) -> None:
         self.url = websocket_url(url)
         self.token = token
@@ -149,7 +156,9 @@ class PlanchetClient:
         self.retries = retries  # failed connection attempts in a row before ConnectionLost
         self.timeout = timeout  # seconds to wait for any one reply; None waits for ever
         self._ws: ClientConnection | None = None
-        self._session = ClientSession(token)
+        # max_failing_batches: batches of a job in a row failed on every item (errors, nothing
+        # written) after which ``get`` raises CircuitOpen; 0: never
+        self._session = ClientSession(token, max_failing_batches=max_failing_batches)
         # which lease each item came in, across reconnects: a result for the lease of
         # an old connection is then answered as dropped, not sent as never leased
         self._leases: dict[str, dict[int, list[str]]] = collections.defaultdict(dict)
@@ -259,13 +268,20 @@ class PlanchetClient:
         )
         return self._request(message)
 
-    def get(self, job_name: str, n_items: int = 100, token: str | None = None) -> list[Any]:
+    def get(self, job_name: str, n_items: int = 100, token: str | None = None,
+            progress: ProgressOption = None) -> list[Any]:
         """The next batch of ``(id, item)`` pairs; ``[]`` once the job is done.
 
         Blocks while every remaining item is leased to other workers: if one of them
-        dies, its items come here instead of being lost.
+        dies, its items come here instead of being lost. ``progress`` (pass it to every
+        ``get`` of the loop): a function called with a ``Progress`` (this worker's
+        counts, the job's total and ETA) when they moved, and once more when the job is
+        done; True draws a ``tqdm`` bar.
         """
         session = self._session
+        callback = make_callback(progress) if job_name not in session.trackers else None
+        if callback is not None:
+            session.track(job_name, callback, token or self.token)
 
         def ready() -> Batch | str | None:
             got = session.take_batch(job_name)  # a deleted job or a refused credit raises
@@ -276,6 +292,7 @@ class PlanchetClient:
             return got
 
         got = self._until(ready)
+        session.progress(job_name, final=not isinstance(got, Batch))
         if not isinstance(got, Batch):
             return []
         leases = self._leases[job_name]
@@ -366,6 +383,12 @@ class PlanchetClient:
     def clean_job(self, job_name: str, token: str | None = None, **_: Any) -> dict[str, Any]:
         """Start the job again from the top, with its output file emptied."""
         return self._command("clean", job_name, token)
+
+    def retry_job(self, job_name: str, token: str | None = None) -> dict[str, Any]:
+        """Put the items of the job's error file back in the queue, once the cause is
+        fixed; the error file is renamed ``<error file>.<n>``. The report, with
+        ``retried`` (how many items) and ``rotated_to`` (None if there were none)."""
+        return self._command("retry", job_name, token)
 
     def list_jobs(self, token: str | None = None) -> list[dict[str, Any]]:
         return self._request(ServerCommand(type="jobs", id=self._session.next_id(),

@@ -41,6 +41,9 @@ class Settings:
     tls_cert: Path | None = None  # with tls_key: serve wss:// and https://
     tls_key: Path | None = None
     pages_dir: Path | None = None  # a directory of the user's own files, served at /pages/
+    # a connection whose last this many batches of a job each failed on every item (the
+    # worker's own errors, nothing written) gets no more of that job; 0: never cut off
+    max_failing_batches: int = 5
 
     @property
     def embedded_redis_dir(self) -> Path:
@@ -73,6 +76,7 @@ class Settings:
             tls_cert=_path(settings.tls_cert),
             tls_key=_path(settings.tls_key),
             pages_dir=_path(settings.pages_dir),
+            max_failing_batches=max(0, int(settings.max_failing_batches)),
         )
 
 

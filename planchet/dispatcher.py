@@ -21,12 +21,13 @@ import time
 from .admin import Admin
 from .auth import Keys, WorkerGrant
 from .config import Settings
-from .exceptions import AuthError, PlanchetError, ProtocolError
+from .exceptions import AuthError, CircuitOpen, PlanchetError, ProtocolError
 from .jobs import Job
 from .messages import (
     Ack,
     Batch,
     Credit,
+    Error,
     Extend,
     Grant,
     Hello,
@@ -39,10 +40,12 @@ from .messages import (
     ServerCommand,
     StartJob,
     Tokens,
+    Watch,
 )
 from .parking import Parking, new_name
 from .sessions import Close, Ending, Send, Session, Subscription, no_close, spawn
 from .store import Store
+from .watch import Board
 
 log = logging.getLogger("planchet")
 
@@ -58,6 +61,7 @@ class Dispatcher:
         self.sessions: set[Session] = set()
         self.stopping = False  # set by a graceful shutdown: leases return uncharged
         self.parking: Parking[Session] = Parking(settings.resume_grace, self._expire)
+        self.board = Board(self.sessions, lambda: self.admin.jobs, self.keys, store)  # watch
         self._maintenance: asyncio.Task[None] | None = None
 
     @property
@@ -76,6 +80,7 @@ class Dispatcher:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        await self.board.close()
         for session in list(self.sessions):
             await self.disconnect(session)
         for session in await self.parking.close():
@@ -88,6 +93,7 @@ class Dispatcher:
             await asyncio.sleep(self.settings.tick)
             try:
                 await self.admin.maintain()
+                spawn(self.board.tick())  # a PING, history samples: never holds this up
             except Exception:
                 log.exception("maintenance failed")
 
@@ -108,6 +114,7 @@ class Dispatcher:
         parked unless its client closed with 1000 or 1011.
         """
         self.sessions.discard(session)
+        self.board.unwatch(session)
         if session.moved:
             return
         session.ending, session.parked_at = ending, time.monotonic()
@@ -205,6 +212,7 @@ class Dispatcher:
     async def handle(self, session: Session, msg: Message) -> Message | None:
         """Carry out one message; the reply to send, if any. Errors raise."""
         kind = getattr(msg, "type", "?")
+        session.seen = time.monotonic()
         self.admit(session, kind, getattr(msg, "job", None), getattr(msg, "token", None),
                    replace=getattr(msg, "clean_start", False))
         match msg:
@@ -221,6 +229,9 @@ class Dispatcher:
                 return Reply(id=msg.id, data=await self.admin.command(msg.type, msg.job))
             case Release() | Extend():
                 return self._lease_request(session, msg)
+            case Watch():
+                await self.board.watch(session, msg)  # the reply, then the statuses
+                return None
             case ServerCommand(type="jobs"):
                 return Reply(id=msg.id, data=[job.report() for job in self.jobs.values()])
             case ServerCommand():
@@ -250,6 +261,8 @@ class Dispatcher:
 
     def _credit(self, session: Session, msg: Credit) -> None:
         job = self.admin.get(msg.job)
+        if job.name in session.circuits:
+            raise CircuitOpen(session.circuits[job.name])
         sub = session.subscriptions.get(job.name)
         if sub is None or sub.job is not job or sub.task.done():  # done: say so again
             sub = Subscription(session, job, msg.batches, msg.batch_size)
@@ -268,13 +281,45 @@ class Dispatcher:
             sub.revive()
         return sub
 
-    async def _result(self, session: Session, msg: Result) -> Ack:
+    async def _result(self, session: Session, msg: Result) -> Ack | None:
         job = self.admin.get(msg.job)
         sub = self._spoke(session, msg.job)
+        held = sub is not None and msg.lease in sub.leases
+        new = held and self.settings.max_failing_batches > 0 and _untried(job, msg.lease)
         ack = await job.settle(msg.lease, msg.items, list(msg.errors))
+        session.count(msg.job, ack)
         if sub:
             sub.settled(ack)
+            if held and self._trips(sub, msg.lease or "", ack, new):
+                await session.send(ack)  # the ack first: it answers this result
+                await self._open_circuit(session, sub)
+                return None
         return ack
+
+    def _trips(self, sub: Subscription, lease: str, ack: Ack, new: bool) -> bool:
+        """Whether this result makes the session's last ``max_failing_batches`` batches
+        of the job failed on every item: the circuit breaker (0: never)."""
+        limit = self.settings.max_failing_batches
+        ended = lease not in sub.leases
+        return sub.failed_batch(lease, ack, ended, new) >= limit > 0
+
+    async def _open_circuit(self, session: Session, sub: Subscription) -> None:
+        """Cut the session off the job: its pump stops, its leases go back free (the
+        worker failed nothing of them), and every later credit for the job is refused."""
+        job, limit = sub.job, self.settings.max_failing_batches
+        why = (f"the last {limit} batches of job {job.name} failed on every item: this "
+               "connection gets no more of them; fix the worker and reconnect")
+        session.circuits[job.name] = why
+        if session.subscriptions.get(job.name) is sub:
+            del session.subscriptions[job.name]
+        await sub.stop()
+        log.warning("a worker failed every item of %d batches of %s in a row: cut off",
+                    limit, job.name)
+        try:
+            await job.release(sub, crashed=False)
+        except PlanchetError as exc:  # the job broke: reopening it requeues the leases
+            log.warning("release on %s: %s", job.name, exc)
+        await session.send(Error(code=CircuitOpen.code, message=why, job=job.name))
 
     def _lease_request(self, session: Session, msg: Release | Extend) -> Reply:
         """Release (no attempt charged) or extend a lease, by any connection authorized."""
@@ -287,6 +332,13 @@ class Dispatcher:
         granted = job.extend(msg.lease, msg.seconds)
         return Reply(id=msg.id, data={"lease": msg.lease, "held": granted is not None,
                                       "lease_timeout": granted})
+
+
+def _untried(job: Job, lease_id: str | None) -> bool:
+    """Whether the lease holds an item that never failed: a batch of nothing but retries
+    (the poisonous items at the end of a job) does not count against its worker."""
+    lease = job.leases.get(lease_id or "")
+    return lease is not None and any(attempts == 0 for _, attempts in lease.items.values())
 
 
 def _key_of(grant: WorkerGrant | None) -> str | None:

@@ -1,8 +1,20 @@
-"""How the command line shows reports: durations, sizes, progress, the jobs table."""
+"""How the command line shows reports: durations, sizes, progress, the jobs table.
+
+``LiveLine`` is the live display of ``planchet work`` and ``planchet status --watch``: on
+a terminal it rewrites its text in place, a few times a second at most; on a pipe or in
+a log it shows nothing, so they get only the final summary (or one line per refresh).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from .progress import Progress, job_total
 
 
 def human_duration(seconds: float | None) -> str:
@@ -86,3 +98,106 @@ def _cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+# --- live display ---------------------------------------------------------------------------
+
+
+def format_progress(p: Progress) -> str:
+    """``planchet work``'s live line: this worker's counts, then the job's."""
+    text = (f"{p.job}: {p.done:,} done ({p.rate:,.0f} items/s), {p.errors:,} "
+            f"error{'' if p.errors == 1 else 's'}")
+    if p.dropped:
+        text += f", {p.dropped:,} dropped"
+    if p.total and p.job_done is not None:
+        text += f" | job {100 * p.job_done / p.total:.0f}% of ~{p.total:,}"
+    if p.eta is not None:
+        text += f", ETA {human_duration(p.eta)}"
+    return text
+
+
+def format_status_line(report: dict[str, Any]) -> str:
+    """``planchet status --watch`` on a pipe: one line per refresh, time first."""
+    settled = report["written"] + report["failed"]
+    total = job_total(report)
+    share = f"{100 * settled / total:.0f}% ({settled:,} of ~{total:,})" if total else (
+        f"{settled:,} settled")
+    eta = "done" if report["state"] == "done" else human_duration(report.get("eta_seconds"))
+    return (f"{time.strftime('%H:%M:%S')} {report['job']} {report['state']}: {share}, "
+            f"{report.get('rate') or 0:,.1f} items/s, ETA {eta}; {report['failed']:,} "
+            f"failed, {report['in_flight']:,} in flight, {report['queued']:,} queued")
+
+
+class LiveLine:
+    """Text kept up to date in place on a terminal; nothing at all anywhere else.
+
+    As a context manager it clears itself before each log record (the next ``show``
+    draws it again under the record) and, at the end, leaves what it shows on screen.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.live = _is_terminal(stream)
+        self.interval = interval  # seconds between two redraws, at least
+        self.clock = clock
+        self.lines = 0  # lines of text on screen
+        self.last = -math.inf
+
+    def show(self, text: str, force: bool = False) -> None:
+        """Draw ``text`` over what is shown, unless the last draw is too recent."""
+        now = self.clock()
+        if not self.live or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        width = _width(self.stream) - 1  # a full-width line would wrap the cursor
+        lines = [line[:width] for line in text.splitlines()] or [""]
+        self.stream.write(self._home() + "\x1b[K\n".join(lines) + "\x1b[J")
+        self.stream.flush()
+        self.lines = len(lines)
+
+    def clear(self) -> None:
+        """Erase what is shown."""
+        if self.lines:
+            self.stream.write(self._home() + "\x1b[J")
+            self.stream.flush()
+            self.lines = 0
+
+    def keep(self) -> None:
+        """Leave what is shown, and go to the next line."""
+        if self.lines:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.lines = 0
+
+    def _home(self) -> str:
+        return "\r" + (f"\x1b[{self.lines - 1}A" if self.lines > 1 else "")
+
+    def _before_log(self, record: logging.LogRecord) -> bool:
+        self.clear()
+        self.last = -math.inf  # drawn again at the next show
+        return True
+
+    def __enter__(self) -> LiveLine:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(self._before_log)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(self._before_log)
+        self.keep()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):  # a stream without isatty, or closed
+        return False
+
+
+def _width(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80

@@ -88,6 +88,13 @@ class Unavailable(ServerError):
     code = "unavailable"
 
 
+class CircuitOpen(PlanchetError):
+    """A worker failed every item of batch after batch of a job: it gets no more of them
+    (the server cuts the connection off that job; the clients stop themselves sooner)."""
+
+    code = "circuit_open"
+
+
 class ConnectionLost(PlanchetError):
     """The client could not reach the server, even after retrying."""
 
@@ -109,6 +116,7 @@ ERRORS_BY_CODE: dict[str, type[PlanchetError]] = {
         FormatError,
         ServerError,
         Unavailable,
+        CircuitOpen,
         ConnectionLost,
     )
 }

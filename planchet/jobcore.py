@@ -12,10 +12,13 @@ import asyncio
 import collections
 import logging
 import secrets
+import time
 from pathlib import Path
+from typing import Any
 
+from . import retrying
 from .commit import Committer, Group
-from .exceptions import PlanchetError, ServerError, Unavailable
+from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats.errorlog import encode_errors
 from .jobfiles import JobFiles
 from .readahead import ReadAhead
@@ -50,6 +53,7 @@ class JobBase:
         self._opening = asyncio.Lock()
         self._lease_prefix, self._leased = "", 0  # lease ids: the prefix, then a count
         self.rate = Rate()  # items settled per second, recently
+        self.retries: list[Any] = []  # the records of retries of its failures
 
     @property
     def queued(self) -> int:
@@ -66,17 +70,23 @@ class JobBase:
         async with self._opening:
             self.broken = Broken(Fault.NOT_OPENED, "reopening")
             await self._stop()
-            try:
-                await self._load()
-            except Exception as exc:
-                self._break(exc, opening=True)
-                raise self._as_error(exc) from exc
-            self._notify()
+            await self._reload()
+
+    async def _reload(self) -> None:
+        try:
+            await self._load()
+        except Exception as exc:
+            self._break(exc, opening=True)
+            raise self._as_error(exc) from exc
+        self._notify()
 
     async def _load(self) -> None:
         record = await self.store.load_job(self.name)
         if record is None:  # opening would cut the output back to nothing
             raise Unusable("its state is gone from Redis")
+        if record.rotation is not None:  # a retry was cut short: before any file is cut
+            await self._rotate(*record.rotation)
+        self.retries = await self.store.retries(self.name)
         queue = await self.store.requeue_all_leases(self.name)
         self.queue = collections.deque((pack(batch), batch) for batch in queue)
         self.state = JobState(record.state)
@@ -94,6 +104,66 @@ class JobBase:
         finishing = self._check_done()
         if finishing is not None:
             await self._wait(finishing)
+
+    async def retry(self) -> dict[str, Any]:
+        """Put the items of the error file back in the queue, once; rotate the file.
+
+        A variant of ``open``: the pipeline stops, one transaction queues the items
+        (attempts 0), lowers ``failed``, reopens a done job and names the file the error
+        file goes to; the rename follows, then the reload (which finishes a rotation cut
+        short by a crash before it cuts any file back). Nothing committed: nothing to do.
+        """
+        if self.spec.mode == "write":
+            raise BadRequest(f"job {self.name} is write-only: it has no input to read "
+                             "its failed items from again")
+        self._check_retry()
+        if not self.counts.get("err_offset"):  # committed: no failure to retry yet
+            return {"retried": 0, "rotated_to": None}
+        async with self._opening:
+            self._check_retry()
+            self.broken = Broken(Fault.NOT_OPENED, "retrying its failed items")
+            await self._stop()
+            try:
+                outcome = await self._retry()
+            except Exception as exc:
+                await self._reload()  # nothing, or all of it, was committed
+                if isinstance(exc, PlanchetError):
+                    raise
+                raise ServerError(f"retry of job {self.name} failed: {exc}") from exc
+            await self._reload()
+        return outcome
+
+    def _check_retry(self) -> None:
+        if self.broken:
+            raise Unavailable(f"job {self.name} cannot retry now: {self.broken}")
+
+    async def _retry(self) -> dict[str, Any]:
+        record = await self.store.load_job(self.name)
+        if record is None:
+            raise Unusable("its state is gone from Redis")
+        spec, root = self.spec, self.root
+        plan = await asyncio.to_thread(retrying.plan, spec, root, record.counts["err_offset"])
+        if not plan.items:
+            return {"retried": 0, "rotated_to": None}
+        rotated, n = await asyncio.to_thread(retrying.free_path, spec.error_path)
+        while await self.store.owner_of(rotated):  # another job's file: not that one
+            rotated, n = await asyncio.to_thread(retrying.free_path, spec.error_path, n + 1)
+        shown = retrying.shown(rotated, root)
+        fields: dict[str, Any] = {"err_offset": len(plan.keep), "rotating": rotated,
+                                  "rotating_keep": plan.keep.decode()}
+        if record.state == DONE:
+            fields["state"] = RUNNING
+        await self.store.retry_failures(self.name, plan.batches, plan.items, fields,
+                                        {"time": time.time(), "items": plan.items,
+                                         "file": shown})
+        await self._rotate(rotated, plan.keep)
+        return {"retried": plan.items, "rotated_to": shown}
+
+    async def _rotate(self, rotated: str, keep: bytes) -> None:
+        """Finish the error file's rotation (see ``retrying``), then tell Redis."""
+        await asyncio.to_thread(retrying.finish_rotation, self.spec.error_path, rotated,
+                                keep, self.root)
+        await self.store.rotated(self.name)
 
     async def _stop(self) -> None:
         """Let the pipeline finish what it is doing, then forget memory and close files."""

@@ -443,4 +443,8 @@ def _result_dict(m: Any) -> dict[str, Any]:
             "token": m.token}
 
 
-_FAST_ENCODE = {Batch: _batch_dict, Result: _result_dict}
+def _status_dict(m: Any) -> dict[str, Any]:
+    return {"type": "status", "time": m.time, "server": m.server, "jobs": m.jobs}
+
+
+_FAST_ENCODE = {Batch: _batch_dict, Result: _result_dict, Status: _status_dict}

@@ -40,6 +40,7 @@ def job_report(job: Job) -> dict[str, Any]:
         "rate": rate,
         "eta_seconds": remaining / rate if rate else None,
         "error": str(job.broken) if job.broken else None,
+        "retries": job.retries,  # {time, items, file}: each retry of its failures
         # the original Planchet's report keys, for old scripts
         "served": in_flight,
         "received": c.get("written", 0),
@@ -64,6 +65,31 @@ class Rate:
             return 0.0
         (t0, n0), (t1, n1) = self._history[0], self._history[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class History:
+    """A job's items/s, one point every ``step`` seconds over the last ``span`` (memory
+    only): the rate chart of ``watch``. The rate of a point is what was settled since
+    the one before, so a job that stopped shows 0, not its last rate."""
+
+    def __init__(self, step: float = 5.0, span: float = 600.0) -> None:
+        self.step = step
+        self.points: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=int(span / step))
+        self._last: tuple[float, int] | None = None  # (when, settled) of the last sample
+
+    def sample(self, settled: int, now: float | None = None) -> None:
+        """Called often (each maintenance tick); keeps a point every ``step`` seconds."""
+        now = time.time() if now is None else now
+        last = self._last
+        if last is None or settled < last[1]:  # the first, or the counts went back
+            self._last = now, settled
+        elif now - last[0] >= self.step:
+            self.points.append((round(now, 2), round((settled - last[1]) / (now - last[0]), 2)))
+            self._last = now, settled
+
+    def list(self) -> list[list[float]]:
+        return [[t, r] for t, r in self.points]
 
 
 def _input_size(job: Job) -> int:

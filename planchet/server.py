@@ -133,6 +133,7 @@ class PlanchetServer:
             hello = await self._greet(ws)
             if hello is not None:
                 session = self.dispatcher.connect(_sender(ws), hello, close=ws.close)
+                session.identify(hello.client, peer(ws), _origin(ws))  # for watch
                 await self._session(ws, session, hello)
         except Exception:  # a bug must cost this connection, and never pass unheard
             log.exception("connection from %s failed", peer(ws))
@@ -272,6 +273,11 @@ def _close_reason(message: str) -> str:
     connection then ends with 1011 instead of the code that says what was wrong.
     """
     return message.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
+
+
+def _origin(ws: ServerConnection) -> str | None:
+    """The page that opened the connection, if a browser did."""
+    return ws.request.headers.get("Origin") if ws.request is not None else None
 
 
 def _client_code(ws: ServerConnection) -> int | None:

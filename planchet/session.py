@@ -25,7 +25,15 @@ import collections
 import itertools
 from typing import Any, Literal
 
-from .exceptions import ConnectionLost, JobNotFound, PlanchetError, ProtocolError, error_from_code
+from .breaker import Breaker
+from .exceptions import (
+    CircuitOpen,
+    ConnectionLost,
+    JobNotFound,
+    PlanchetError,
+    ProtocolError,
+    error_from_code,
+)
 from .messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -35,18 +43,24 @@ from .messages import (
     Event,
     Goodbye,
     Hello,
+    JobCommand,
     Message,
     Reply,
     Result,
+    Status,
+    Watch,
     Welcome,
     decode_server,
 )
+from .progress import ProgressCallback, Tracker
 from .version import __version__
 
 DONE: Literal["done"] = "done"  # what ``take_batch`` returns once a job is done
 Answer = Message | PlanchetError
 MAX_STALE = 1024  # leases of dropped connections remembered, to answer their results here
 MAX_HELD = 4096  # lease ids a hello may list
+MAX_STATUSES = 16  # status frames kept for a slow reader of ``watch``: the newest
+MAX_FAILING_BATCHES = 3  # batches in a row failed on every item that stop a worker
 
 
 def dropped(result: Result) -> Ack:
@@ -87,9 +101,13 @@ def backoff(failures: int, base: float = 0.25, cap: float = 5.0) -> float:
 class ClientSession:
     """Sans-I/O client state: pending requests and results, held leases, queued batches."""
 
-    def __init__(self, token: str | None = None, resumable: bool = True) -> None:
+    def __init__(self, token: str | None = None, resumable: bool = True,
+                 max_failing_batches: int = MAX_FAILING_BATCHES,
+                 client: str = f"planchet-python/{__version__} blocking") -> None:
         self.token = token
+        self.client = client  # hello.client: who we are, as watch shows it
         self.resumable = resumable
+        self.breaker = Breaker(max_failing_batches)
         self.name: str | None = None  # the server's id for this session, while resumable
         self.parked: dict[str, dict[str, set[int]]] = {}  # held when the connection dropped
         self.hint = 0.0  # the last goodbye's retry_after: the least wait before reconnecting
@@ -101,6 +119,10 @@ class ClientSession:
         self.abandoned: set[int] = set()  # the caller gave up: its answer is thrown away
         self.credits: dict[str, Credit] = {}  # the jobs being consumed, sent on each connect
         self.stale: dict[str, set[int]] = {}  # unsettled leases of dropped connections
+        self.trackers: dict[str, Tracker] = {}  # job -> its progress, for a callback
+        self.reporting: dict[int, str] = {}  # report requests of the trackers -> job
+        self.watching: Watch | None = None  # sent again on each connection
+        self.statuses: collections.deque[Status] = collections.deque(maxlen=MAX_STATUSES)
         self._ids = itertools.count(1)
         self._forget_connection()
 
@@ -119,7 +141,7 @@ class ClientSession:
         held.update(m.lease for m in self.pending.values()
                     if isinstance(m, Result) and m.lease is not None)
         return Hello(protocol=PROTOCOL_VERSION, token=self.token,
-                     client=f"planchet-python {__version__}", resumable=self.resumable,
+                     client=self.client, resumable=self.resumable,
                      session=self.name, leases=sorted(held)[:MAX_HELD])
 
     def next_delay(self, retries: int, hint: float = 0.0) -> float | None:
@@ -150,6 +172,8 @@ class ClientSession:
         self.name = reply.session
         self.connected = True
         self.outbox = [*self.credits.values(), *self.pending.values()]
+        if self.watching is not None and self.watching.id not in self.pending:
+            self.outbox.append(self.watching)
         for key, message in self.pending.items():
             if isinstance(message, Result):
                 self.acks[message.job].append(key)
@@ -209,11 +233,15 @@ class ClientSession:
         key = self.next_id()
         if message.lease in self.stale:  # the server requeued it when the connection dropped
             _settle(self.stale, message)
-            self.answers[key] = dropped(message)
+            self.answers[key] = ack = dropped(message)
+            self._count(message.job, ack)
             return key
         parked = self.parked.get(message.job, {})  # held when the connection dropped
         # any other lease, or none: the server decides
-        _settle(parked if message.lease in parked else self.held[message.job], message)
+        leases = parked if message.lease in parked else self.held[message.job]
+        held = message.lease in leases
+        _settle(leases, message)
+        self.breaker.sent(key, message, held and message.lease not in leases)
         self._queue(key, message)
         return key
 
@@ -265,28 +293,74 @@ class ClientSession:
             case Batch():
                 self.held[msg.job][msg.lease] = {i for i, _ in msg.items}
                 self.batches[msg.job].append(msg)
+            case Status():
+                self.statuses.append(msg)
             case Goodbye():  # the server is going away; the close follows
                 self.hint = msg.retry_after or 0.0
             case Event(event="done"):
                 self.ended[msg.job] = None
             case Event(event="deleted"):
                 self.ended[msg.job] = JobNotFound(f"job {msg.job} was deleted")
-            case Reply() | Error() if msg.id is not None:
+            case Reply():
                 self._answer(msg.id, msg)
-            case Ack() | Error() if msg.job is not None and self.acks.get(msg.job):
+            case Ack() if self.acks.get(msg.job):
                 self._answer(self.acks[msg.job].popleft(), msg)  # the oldest result's answer
-            case Error() if msg.job is not None:  # a refused credit: the job's consumer hears
-                self.ended[msg.job] = error_from_code(msg.code, msg.message)
-            case Error():  # about the connection itself; the server closes it next
-                self.fail(error_from_code(msg.code, msg.message))
+            case Error():
+                self._error(msg)
+
+    def _error(self, msg: Error) -> None:
+        if msg.id is not None:
+            self._answer(msg.id, msg)
+        elif msg.job is None:  # about the connection itself; the server closes it next
+            self.fail(error_from_code(msg.code, msg.message))
+        elif msg.code == CircuitOpen.code:  # cut off the job: it answers no result
+            self.breaker.open(msg.job, msg.message)
+        elif self.acks.get(msg.job):
+            self._answer(self.acks[msg.job].popleft(), msg)  # the oldest result's answer
+        else:  # a refused credit: the job's consumer hears
+            self.ended[msg.job] = error_from_code(msg.code, msg.message)
 
     def _answer(self, key: int, answer: Answer) -> None:
-        if self.pending.pop(key, None) is None:
+        message = self.pending.pop(key, None)
+        if message is None:
             return
+        if key in self.reporting:  # a tracker's: nobody waits for it
+            self._reported(key, answer)
+            return
+        if isinstance(message, Result) and isinstance(answer, Ack):
+            self.breaker.acked(key, message, answer)
+            self._count(message.job, answer)
         if key in self.abandoned:
             self.abandoned.discard(key)
         else:
             self.answers[key] = answer
+
+    # --- progress ---------------------------------------------------------------------
+
+    def track(self, job: str, callback: ProgressCallback, token: str | None = None) -> None:
+        """Report the progress of ``job`` to ``callback`` (see ``progress.py``)."""
+        self.trackers[job] = Tracker(job, callback, token or self.token)
+
+    def progress(self, job: str, final: bool = False) -> None:
+        """Call the job's progress callback if its counts moved, and queue a request for
+        the job's report when one is due. The final call ends the tracking."""
+        tracker = self.trackers.pop(job, None) if final else self.trackers.get(job)
+        if tracker is None:
+            return
+        if not final and tracker.report_due():
+            tracker.asking = self.request(JobCommand(type="report", id=self.next_id(),
+                                                     job=job, token=tracker.token))
+            self.reporting[tracker.asking] = job
+        tracker.emit(final)
+
+    def _count(self, job: str, ack: Ack) -> None:
+        if job in self.trackers:
+            self.trackers[job].acked(ack)
+
+    def _reported(self, key: int, answer: Answer) -> None:
+        tracker = self.trackers.get(self.reporting.pop(key))
+        if tracker is not None:
+            tracker.reported(answer.data if isinstance(answer, Reply) else None)
 
     # --- what the caller waits for ----------------------------------------------------
 
@@ -303,14 +377,18 @@ class ClientSession:
         return got
 
     def has_batch(self, job: str) -> bool:
-        return bool(self.batches[job]) or job in self.ended
+        return bool(self.batches[job]) or job in self.ended or self.breaker.is_open(job)
 
     def take_batch(self, job: str) -> Batch | Literal["done"] | None:
         """The next batch of ``job``, ``DONE``, or None while neither has come.
 
         Batches that came before the end are served first. An error that ended the
-        job's batches (deleted, a refused credit) is raised once.
+        job's batches (deleted, a refused credit) is raised once; so is ``CircuitOpen``
+        when the worker failed every item of too many batches in a row, at once.
         """
+        if self.breaker.is_open(job):
+            self.credits.pop(job, None)
+            self.breaker.check(job)
         if self.batches[job]:
             return self.batches[job].popleft()
         if job not in self.ended:

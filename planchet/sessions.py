@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from .batching import BatchSizer
@@ -51,6 +53,62 @@ class Session:
         self.moved = False  # taken over by another connection: its own end changes nothing
         self.ending = Ending.VANISHED  # how its connection ended, once parked
         self.parked_at = 0.0  # when (time.monotonic)
+        self.circuits: dict[str, str] = {}  # job -> why it is cut off it: no more credit
+        # what ``watch`` shows of it: cheap integer bookkeeping only (see ``watch.py``)
+        self.id = secrets.token_hex(4)  # a short public id, never the resumable ``name``
+        self.client: str | None = None  # hello.client
+        self.kind = "other"  # blocking, asyncio, work, browser, node, other
+        self.address = "?"  # the peer's address
+        self.seen = time.monotonic()  # its last frame
+        self.settled: dict[str, Tally] = {}  # job -> what it settled of it
+
+    def identify(self, client: str | None, address: str, origin: str | None) -> None:
+        """Who is on the other end, as its hello and its connection say."""
+        self.client, self.address = client, address
+        self.kind = client_kind(client, origin)
+
+    def count(self, job: str, ack: Ack) -> None:
+        """Count a result's ack for ``watch``: two additions, no clock but the first."""
+        tally = self.settled.get(job)
+        if tally is None:
+            tally = self.settled[job] = Tally()
+        tally.done += ack.written
+        tally.failed += ack.retried + ack.failed
+
+
+class Tally:
+    """What one session settled of one job; ``watch`` samples it to find a rate."""
+
+    __slots__ = ("done", "failed", "samples")
+
+    def __init__(self) -> None:
+        self.done = self.failed = 0
+        self.samples: list[tuple[float, int]] = [(time.monotonic(), 0)]  # (when, settled)
+
+    def rate(self, now: float, window: float = 10.0) -> float:
+        """Items settled per second over about the last ``window`` seconds; samples once."""
+        total = self.done + self.failed
+        samples = self.samples
+        while len(samples) > 1 and samples[1][0] <= now - window:
+            del samples[0]  # keep one sample at least as old as the window
+        then, before = samples[0]
+        samples.append((now, total))
+        return (total - before) / (now - then) if now > then else 0.0
+
+
+def client_kind(client: str | None, origin: str | None = None) -> str:
+    """The kind of a client from its ``hello.client`` (``planchet-python/1.0 asyncio``,
+    ``planchet-work/1.0``, ``planchet-js/1.0 browser``...); a page's Origin says browser."""
+    name, _, flavour = (client or "").partition(" ")
+    family = name.split("/", 1)[0]
+    if family == "planchet-work":
+        return "work"
+    if family in ("planchet-python", "planchet-js") and flavour in KINDS:
+        return flavour
+    return "browser" if client is None and origin else "other"
+
+
+KINDS = frozenset({"blocking", "asyncio", "browser", "node"})
 
 
 class Subscription:
@@ -67,6 +125,8 @@ class Subscription:
         self.leases: set[str] = set()
         self.closed = False
         self.stalled = False  # a lease expired: push nothing until the worker speaks again
+        self.failing = 0  # batches in a row whose every item the worker failed (the breaker)
+        self._partial: dict[str, tuple[int, int, bool]] = {}  # lease -> written, failed, new
         self._wake = asyncio.Event()
         self.start()
 
@@ -91,6 +151,24 @@ class Subscription:
     def settled(self, ack: Ack) -> None:
         if self.sizer is not None:
             self.sizer.settled(ack.written + ack.retried + ack.failed)
+
+    def failed_batch(self, lease: str, ack: Ack, ended: bool, new: bool) -> int:
+        """Count, at the result that ends each lease, the batches in a row whose items all
+        failed by the worker's own errors (some failed, none written; partial results
+        add up); a batch with a result written starts the count again. A batch of items
+        that had all failed before (``new`` False: retries) is left out. The count."""
+        written, failed, was_new = self._partial.pop(lease, (0, 0, False))
+        written, failed = written + ack.written, failed + ack.retried + ack.failed
+        new = new or was_new
+        if not ended:
+            self._partial[lease] = written, failed, new
+            if len(self._partial) > len(self.leases):  # ended otherwise: expired, released
+                self._partial = {k: v for k, v in self._partial.items() if k in self.leases}
+        elif written:
+            self.failing = 0
+        elif failed and new:
+            self.failing += 1
+        return self.failing
 
     def tell(self, event: str) -> None:
         """Send a job event without waiting on a slow reader of this session."""

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .exceptions import BadRequest, PathRefused
-from .formats import get_reader, get_writer
+from .formats import get_reader, get_writer, is_bare, is_gzip
 from .messages import Mode, StartJob
 from .paths import refusal
 
@@ -79,6 +79,7 @@ def build_spec(request: StartJob, data_dir: Path) -> JobSpec:
     """Check a ``start_job`` request and turn it into a spec with absolute paths."""
     _check_mode(request)
     meta = request.metadata
+    is_bare(meta)  # "output": "envelope" or "bare", checked before any file is touched
     input_path = output_path = None
     if request.reader:
         get_reader(request.reader)
@@ -97,6 +98,8 @@ def build_spec(request: StartJob, data_dir: Path) -> JobSpec:
         raise BadRequest("a job cannot write the file it reads")
     if output_path == error_path:
         raise BadRequest("the error file must differ from the output file")
+    if is_gzip(error_path):
+        raise BadRequest("the error file is plain JSONL: give it a name that does not end in .gz")
     return _storable(JobSpec(
         name=request.job,
         mode=request.mode,

@@ -5,10 +5,13 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
     P jobs                set of job names
     P outputs             hash: output or error file path -> job name that writes it
     P job:<name>          hash: spec, token, state, next_id, offset, exhausted,
-                          out_offset, err_offset, written, failed
+                          out_offset, err_offset, written, failed; while a retry
+                          rotates the error file: rotating (the path it goes to)
+                          and rotating_keep (the lines the new one starts with)
     P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...]
     P job:<name>:queue    list of JSON [[id, item, attempts], ...] waiting to be served again
     P job:<name>:ids      set of ids a write-only job has settled (written or failed)
+    P job:<name>:retries  list of JSON {time, items, file}: each retry of the job's failures
     P workers             hash: worker token key -> JSON {digest, jobs, label, created}
 
 Every change that moves items between states is one MULTI/EXEC, so Redis always
@@ -78,6 +81,7 @@ class JobRecord:
     token: str
     state: str
     counts: dict[str, int]
+    rotation: tuple[str, bytes] | None = None  # a retry's rotation to finish: (to, keep)
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,13 @@ class Store:
     def _ids(self, name: str) -> str:
         return f"{self.prefix}job:{name}:ids"
 
+    def _retries(self, name: str) -> str:
+        return f"{self.prefix}job:{name}:retries"
+
+    def _job_keys(self, name: str) -> tuple[str, ...]:
+        return (self._job(name), self._leases(name), self._queue(name), self._ids(name),
+                self._retries(name))
+
     @property
     def _jobs(self) -> str:
         return f"{self.prefix}jobs"
@@ -203,6 +214,8 @@ class Store:
             token=fields.get("token", ""),
             state=fields.get("state", "running"),
             counts={k: int(fields.get(k, 0)) for k in COUNTS},
+            rotation=((fields["rotating"], fields.get("rotating_keep", "").encode())
+                      if fields.get("rotating") else None),
         )
 
     @_storage_step
@@ -214,7 +227,7 @@ class Store:
     async def create_job(self, name: str, fields: dict[str, Any], paths: list[str]) -> None:
         """Write a new job (replacing any old state of that name) and claim its files."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
+            for key in self._job_keys(name):
                 pipe.delete(key)
             pipe.hset(self._job(name), mapping=_fields(fields))
             pipe.sadd(self._jobs, name)
@@ -229,7 +242,7 @@ class Store:
     @_storage_step
     async def delete_job(self, name: str, paths: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            for key in (self._job(name), self._leases(name), self._queue(name), self._ids(name)):
+            for key in self._job_keys(name):
                 pipe.delete(key)
             pipe.srem(self._jobs, name)
             for path in paths:
@@ -272,6 +285,29 @@ class Store:
             pipe.lrange(self._queue(name), 0, -1)
             *_, queue = await pipe.execute()
         return [unpack(blob) for blob in queue]
+
+    @_storage_step
+    async def retry_failures(self, name: str, batches: list[bytes], retried: int,
+                             fields: dict[str, Any], record: dict[str, Any]) -> None:
+        """Commit a retry: ``batches`` queued again, ``failed`` lowered by ``retried``,
+        ``fields`` set (the error offset, the rotation to do), ``record`` kept."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if batches:
+                pipe.rpush(self._queue(name), *batches)
+            pipe.hincrby(self._job(name), "failed", -retried)
+            pipe.hset(self._job(name), mapping=_fields(fields))
+            pipe.rpush(self._retries(name), orjson.dumps(record))
+            await pipe.execute()
+
+    @_storage_step
+    async def rotated(self, name: str) -> None:
+        """The error file's rotation is done: forget it."""
+        await self.redis.hdel(self._job(name), "rotating", "rotating_keep")
+
+    @_storage_step
+    async def retries(self, name: str) -> list[Any]:
+        """The job's retry records, oldest first."""
+        return [_json_or_none(blob) for blob in await self.redis.lrange(self._retries(name), 0, -1)]
 
     @_storage_step
     async def new_ids(self, name: str, ids: list[int]) -> list[bool]:

@@ -2,7 +2,8 @@
 
 Every request without a WebSocket upgrade is answered here (``/health`` always is):
 
-* ``/health`` and ``/jobs/<name>`` (a job's report, open like the ``report`` message);
+* ``/health``, ``/jobs/<name>`` (a job's report, open like the ``report`` message) and
+  ``/metrics`` (Prometheus' text format, see ``metrics.py``);
 * ``/`` (a landing page), ``/worker`` (the worker page), ``/client.js`` (the JavaScript
   client's entry module), ``/client/<file>`` (the client's files), ``/web/<file>`` (the
   pages' own files) and ``/pages/<path>`` (``planchet serve --pages DIR``).
@@ -33,6 +34,8 @@ from .config import Settings
 from .dispatcher import Dispatcher
 from .exceptions import PlanchetError
 from .gate import Gate
+from .metrics import CONTENT_TYPE as METRICS
+from .metrics import registry, render
 from .store import Store
 from .version import __version__
 
@@ -73,6 +76,7 @@ class Web:
         self.gate = gate
         self.dispatcher = dispatcher
         self.store = store
+        self.metrics = registry(dispatcher)  # GET /metrics, collected at scrape time
         self.roots: dict[str, tuple[Path, tuple[str, ...] | None]] = {
             "/web/": (ROOT, None), "/client/": (CLIENT_DIR, CLIENT_FILES)}
         if settings.pages_dir is not None:
@@ -99,6 +103,8 @@ class Web:
             return self._report(unquote(path[len("/jobs/"):]))
         if path == "/client.js":
             return http.HTTPStatus.OK, JS, CLIENT_ENTRY
+        if path == "/metrics":
+            return http.HTTPStatus.OK, METRICS, render(self.metrics)
         file = self._file(path)
         if file is None:
             return NOT_FOUND

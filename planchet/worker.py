@@ -44,6 +44,9 @@ from .aclient import AsyncPlanchetClient
 from .client import DEFAULT_URL
 from .exceptions import PlanchetError
 from .messages import Ack, Item, ItemError
+from .progress import ProgressCallback
+from .session import MAX_FAILING_BATCHES
+from .version import __version__
 
 log = logging.getLogger("planchet.worker")
 
@@ -276,15 +279,26 @@ class Tally:
         return text
 
 
+class WorkClient(AsyncPlanchetClient):
+    """The asyncio client as ``planchet work`` uses it: it says so in its hello."""
+
+    client_name = f"planchet-work/{__version__}"
+
+
 async def work(job: str, command: Sequence[str], *, url: str = DEFAULT_URL,
                token: str | None = None, prefetch: int = 2, batch_size: int | None = None,
-               per_batch: bool = False, ssl: ssl.SSLContext | None = None) -> Tally:
-    """Process ``job``'s batches with ``command`` until the job is done."""
+               per_batch: bool = False, ssl: ssl.SSLContext | None = None,
+               progress: ProgressCallback | None = None,
+               max_failing_batches: int = MAX_FAILING_BATCHES) -> Tally:
+    """Process ``job``'s batches with ``command`` until the job is done; ``progress`` is
+    called as the batches go (see ``AsyncPlanchetClient.batches``)."""
     program = PerBatch(command) if per_batch else CoProcess(command)
     tally = Tally()
     try:
-        async with AsyncPlanchetClient(url, token, ssl=ssl) as client:
-            async for batch in client.batches(job, prefetch=prefetch, batch_size=batch_size):
+        async with WorkClient(url, token, ssl=ssl,
+                              max_failing_batches=max_failing_batches) as client:
+            async for batch in client.batches(job, prefetch=prefetch, batch_size=batch_size,
+                                              progress=progress):
                 answers = await run_batch(program, batch.items, batch.lease_timeout)
                 ack = await batch.ack(answers.results, answers.errors)
                 tally.add(answers, ack)

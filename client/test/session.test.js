@@ -16,7 +16,7 @@ function connected(options = {}, welcome = {}) {
 }
 
 test("a plain hello carries no resume fields; a resumable one asks for a session", () => {
-  assert.deepEqual(new ClientSession({ token: "t" }).hello(), { type: "hello", protocol: 1, token: "t", client: "planchet-js/1.0.0" });
+  assert.deepEqual(new ClientSession({ token: "t" }).hello(), { type: "hello", protocol: 1, token: "t", client: "planchet-js/1.0.0 node" });
   const hello = new ClientSession({ resumable: true }).hello();
   assert.equal(hello.resumable, true);
   assert.equal(hello.session, null);

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import TypeVar
 
 from planchet.exceptions import BadRequest
-from planchet.formats.base import AppendOnlyFile, Chunk, Position, Reader, Writer
+from planchet.formats.base import AppendOnlyFile, Chunk, Position, Reader, Writer, is_bare
 from planchet.formats.csv import CsvReader, CsvWriter
 from planchet.formats.errorlog import ErrorLog
 from planchet.formats.files import check_regular
+from planchet.formats.gz import is_gzip
 from planchet.formats.jsonl import JsonlReader, JsonlWriter
 
 READERS: dict[str, type[Reader]] = {"JsonlReader": JsonlReader, "CsvReader": CsvReader}
@@ -55,4 +56,6 @@ __all__ = [
     "check_regular",
     "get_reader",
     "get_writer",
+    "is_bare",
+    "is_gzip",
 ]

@@ -8,6 +8,9 @@ Every open goes through ``files.open_fd``: given the data directory as ``root``,
 path is checked again each time, a final symlink is refused and so is anything that is
 not a regular file. A reader caps record length, so no file can make it hold more than
 ``max_line_bytes`` of one record in memory.
+
+A ``.gz`` file is read and written through ``formats.gz``: input offsets then count
+uncompressed bytes, output offsets compressed ones (each append is one gzip member).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import contextlib
 import os
 import pathlib
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 from planchet.exceptions import BadRequest, FormatError
 from planchet.formats.files import check_regular, open_fd
+from planchet.formats.gz import GzipInput, compress, is_gzip
 
 READ_BUFFER = 1 << 16
 MAX_LINE_BYTES = 16 * 2**20
@@ -76,6 +80,7 @@ class Reader(abc.ABC):
         self.root = root
         self.max_line_bytes = max_line_bytes
         self._file: IO[bytes] | None = None
+        self._gzip: GzipInput | None = None  # the same stream as ``_file``, if gzip
         self._next_id = 0
         self._offset = 0
 
@@ -88,10 +93,14 @@ class Reader(abc.ABC):
         """Read up to ``n`` good items; an empty chunk means end of file."""
 
     def size(self) -> int:
-        """Current file size in bytes, for progress reports."""
+        """Current file size in bytes, for progress reports (a gzip file's uncompressed
+        size, estimated: offsets count uncompressed bytes)."""
         if self._file is None:
             return check_regular(self.path, self.root)
         try:
+            gz = self._gzip
+            if gz is not None:
+                return gz.estimated_size()
             return os.fstat(self._file.fileno()).st_size
         except OSError as exc:
             raise FormatError(f"cannot stat {self.path}: {exc.strerror or exc}") from exc
@@ -99,20 +108,36 @@ class Reader(abc.ABC):
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-            self._file = None
+            self._file = self._gzip = None
 
     def _open_at(self, offset: int) -> IO[bytes]:
-        """Open for binary reading at ``offset``, refusing offsets the file cannot have."""
+        """Open for binary reading at ``offset``, refusing offsets the file cannot have.
+
+        A gzip file comes back as its uncompressed stream (``GzipInput``, which has the
+        methods of a binary file the readers use), decompressed up to ``offset``.
+        """
         self.close()
         file = os.fdopen(open_fd(self.path, self.root, os.O_RDONLY), "rb", READ_BUFFER)
+        stream: IO[bytes] = file
         try:
-            check_offset(file, offset, self.path)
-            file.seek(offset)
+            if is_gzip(self.path):
+                self._gzip = GzipInput(file, self.path)
+                stream = cast(IO[bytes], self._gzip)
+            self._file = stream
+            self._move(stream, offset)
         except BaseException:
             file.close()
+            self._file = self._gzip = None
             raise
-        self._file = file
-        return file
+        return stream
+
+    def _move(self, file: IO[bytes], offset: int) -> None:
+        """Put the open ``file`` at ``offset``, refusing offsets no record starts at."""
+        if self._gzip is not None:
+            self._gzip.skip_to(offset)
+        else:
+            check_offset(file, offset, self.path)
+            file.seek(offset)
 
     def _opened(self) -> IO[bytes]:
         if self._file is None:
@@ -230,8 +255,35 @@ def _fsync_dir(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
+OUTPUT_STYLES = ("envelope", "bare")
+
+
+def is_bare(metadata: dict) -> bool:
+    """``metadata["output"]``: ``"envelope"`` (the default) or ``"bare"``; BadRequest else."""
+    style = metadata.get("output", "envelope")
+    if not isinstance(style, str) or style not in OUTPUT_STYLES:
+        raise BadRequest(f'metadata "output" must be "envelope" or "bare", got {style!r}')
+    return style == "bare"
+
+
 class Writer(AppendOnlyFile, abc.ABC):
-    """Appends results; the returned offset is what the server commits to Redis."""
+    """Appends results; the returned offset is what the server commits to Redis.
+
+    Results are written in an envelope that keeps their id, or bare (``is_bare``). A
+    ``.gz`` output gets each append as one gzip member, so offsets count compressed
+    bytes and every committed offset ends a member.
+    """
+
+    def __init__(
+        self, path: pathlib.Path, metadata: dict | None = None, *, root: pathlib.Path | None = None
+    ) -> None:
+        super().__init__(path, metadata, root=root)
+        self.bare = is_bare(self.metadata)
+        self.compressed = is_gzip(self.path)
+
+    def append(self, data: bytes) -> int:
+        """Append ``data`` (one gzip member of it, for a ``.gz`` output), fsynced."""
+        return super().append(compress(data) if self.compressed else data)
 
     @abc.abstractmethod
     def encode(self, items: list[tuple[int, Any]]) -> tuple[bytes, list[tuple[int, str]]]:

@@ -14,7 +14,7 @@ import io
 import os
 import pathlib
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -26,9 +26,9 @@ from planchet.formats.base import (
     Position,
     Reader,
     Writer,
-    check_offset,
     skip_line,
 )
+from planchet.formats.gz import GzipInput
 
 
 class RowTooLong(Exception):
@@ -116,8 +116,7 @@ class CsvReader(Reader):
             offset = position.offset or lines.consumed
             if offset < lines.consumed:
                 raise FormatError(f"offset {offset} is inside the header of {self.path}")
-            check_offset(file, offset, self.path)
-            file.seek(offset)
+            self._move(file, offset)
         except BaseException:
             self.close()
             raise
@@ -185,7 +184,11 @@ def _cell(name: str, value: Any) -> str:
 
 
 class CsvWriter(Writer):
-    """Writes ``id`` plus the first dict's keys as the header, once per file."""
+    """Writes ``id`` plus the first dict's keys as the header, once per file.
+
+    Bare (``metadata["output"] == "bare"``), a row is the result alone: no ``id`` column,
+    the header is the first dict's keys, and ``id`` is a field name like any other.
+    """
 
     def __init__(
         self, path: pathlib.Path, metadata: dict, *, root: pathlib.Path | None = None
@@ -222,11 +225,17 @@ class CsvWriter(Writer):
         try:  # through the open file: the path may have changed since
             with os.fdopen(os.dup(self._file.fileno()), "rb") as file:
                 file.seek(0)
-                lines = _Lines(file)
+                source: IO[bytes] = file
+                if self.compressed:  # the header is in the first member
+                    source = cast(IO[bytes], GzipInput(file, self.path))
+                lines = _Lines(source)
                 header = _read_header(lines, self._delimiter, self.path)
         except OSError as exc:
             raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        if header[0] != "id" or lines.consumed > self.offset:
+        inside = self.compressed or lines.consumed <= self.offset  # gzip: cut back already
+        if self.bare and inside:
+            return header
+        if header[0] != "id" or not inside:
             raise FormatError(f"{self.path} does not start with a Planchet CSV header")
         return header[1:]
 
@@ -235,12 +244,13 @@ class CsvWriter(Writer):
         failures: list[tuple[int, str]] = []
         for item_id, item in items:
             try:
-                encoded.append(self._encode([str(item_id), *self._values(item)]))
+                values = self._values(item)
+                encoded.append(self._encode(values if self.bare else [str(item_id), *values]))
             except ValueError as exc:
                 failures.append((item_id, str(exc)))
         if encoded and not self._header_written:
             assert self._fields is not None
-            encoded.insert(0, self._encode(["id", *self._fields]))
+            encoded.insert(0, self._encode(self._fields if self.bare else ["id", *self._fields]))
         self._header_written = self._header_written or bool(encoded)
         return b"".join(encoded), failures
 
@@ -260,11 +270,12 @@ class CsvWriter(Writer):
             return [_cell(name, value) for name, value in zip(self._fields, item, strict=True)]
         raise ValueError(f"cannot write {type(item).__name__} as a CSV row: need a dict or a list")
 
-    @staticmethod
-    def _first_fields(item: dict) -> list[str]:
+    def _first_fields(self, item: dict) -> list[str]:
         if not all(isinstance(key, str) and key.isprintable() for key in item):
             raise ValueError(f"field names must be printable strings: {list(item)!r}")
-        if "id" in item:
+        if self.bare and not item:
+            raise ValueError("the first result of a bare CSV needs a field: it makes the header")
+        if "id" in item and not self.bare:
             raise ValueError("field name 'id' is reserved for the record id")
         return list(item)
 

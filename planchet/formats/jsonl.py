@@ -83,14 +83,15 @@ def parse_line(line: bytes) -> Any:
 
 
 class JsonlWriter(Writer):
-    """Writes ``{"id": id, "item": item}`` per line so each result keeps its provenance."""
+    """Writes ``{"id": id, "item": item}`` per line so each result keeps its provenance;
+    bare (``metadata["output"] == "bare"``), the result alone, as the original Planchet did."""
 
     def encode(self, items: list[tuple[int, Any]]) -> tuple[bytes, list[tuple[int, str]]]:
         lines: list[bytes] = []
         failures: list[tuple[int, str]] = []
         for item_id, item in items:
             try:
-                lines.append(orjson.dumps({"id": item_id, "item": item}))
+                lines.append(orjson.dumps(item if self.bare else {"id": item_id, "item": item}))
             except orjson.JSONEncodeError as exc:
                 failures.append((item_id, f"cannot encode as JSON: {exc}"))
         return (b"\n".join(lines) + b"\n" if lines else b""), failures
