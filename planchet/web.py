@@ -4,7 +4,7 @@ Every request without a WebSocket upgrade is answered here (``/health`` always i
 
 * ``/health``, ``/jobs/<name>`` (a job's report, open like the ``report`` message) and
   ``/metrics`` (Prometheus' text format, see ``metrics.py``);
-* ``/`` (a landing page), ``/worker`` (the worker page), ``/client.js`` (the JavaScript
+* ``/`` (the dashboard), ``/worker`` (the worker page), ``/client.js`` (the JavaScript
   client's entry module), ``/client/<file>`` (the client's files), ``/web/<file>`` (the
   pages' own files) and ``/pages/<path>`` (``planchet serve --pages DIR``).
 
@@ -39,7 +39,7 @@ from .metrics import registry, render
 from .store import Store
 from .version import __version__
 
-ROOT = Path(__file__).parent / "web"  # package data: the landing page, the worker page
+ROOT = Path(__file__).parent / "web"  # package data: the dashboard, the worker page
 CLIENT_DIR = ROOT / "client"  # a symlink to the top-level client/ in a checkout; a copy in wheels
 CLIENT_ENTRY = b'export * from "./client/planchet.js";\n'  # /client.js: its imports resolve
 PAGES = {"/": "index.html", "/worker": "worker.html"}
