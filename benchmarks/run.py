@@ -4,8 +4,9 @@
 
 Parts, in order: throughput (against the bare dispatcher of ceiling.py), memory
 (1M and 10M items), requeue latency, resume, connections (1,000), many jobs (100),
-adaptive batching and a dashboard watching 100 jobs and 1,000 connections. --quick runs every part small: 20,000 items,
-the four throughput cells of the issue, the 1M-item file only, 10 requeue trials.
+adaptive batching, and a dashboard watching 100 jobs and 1,000 connections. --quick
+runs every part small: 20,000 items, the four throughput cells of the issue, the
+1M-item file only, 10 requeue trials.
 Figures print as they are measured; a table of all of them, and how long each part
 took, comes at the end. docs/performance.md says what each figure means.
 """

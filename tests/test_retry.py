@@ -162,7 +162,7 @@ async def test_a_retry_that_cannot_read_the_input_changes_nothing(
         await client.start_job("j", **start_args())
         await work(url, sevens)
         issues_input.rename(data_dir / "elsewhere.jsonl")
-        with pytest.raises(FormatError, match="(?i)no such file"):
+        with pytest.raises(FormatError, match=r"(?i)no such file"):
             await client.retry("j")
         report = await client.report("j")
         assert (report["state"], report["failed"], report["retries"]) == ("done", 119, [])
