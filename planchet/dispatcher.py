@@ -49,6 +49,8 @@ from .watch import Board
 
 log = logging.getLogger("planchet")
 
+TAKEOVER_PATIENCE = 2.0  # seconds a resumed session's old pump may take to stop
+
 __all__ = ["Dispatcher", "Ending", "Session", "Subscription"]
 
 
@@ -174,7 +176,7 @@ class Dispatcher:
             spawn(old.close(4001, "session resumed on another connection"))
             old.ending, old.parked_at = Ending.VANISHED, time.monotonic()
         for job_name, sub in list(old.subscriptions.items()):
-            await sub.stop()
+            await sub.stop(patience=TAKEOVER_PATIENCE)
             if self.jobs.get(job_name) is not sub.job or sub.job.closed:
                 continue  # deleted or replaced meanwhile: its leases went with it
             try:
@@ -194,8 +196,8 @@ class Dispatcher:
         for sub in list(session.subscriptions.values()):
             job = sub.job
             for lease_id in [le for le in job.leases if le in sub.leases and le not in keep]:
-                lease = job.leases[lease_id]
-                if job.extend(lease_id) is not None:
+                lease = job.leases.get(lease_id)  # it may have ended during a send
+                if lease is not None and job.extend(lease_id) is not None:
                     items = [(i, item) for i, (item, _) in lease.items.items()]
                     await session.send(Batch.model_construct(
                         job=job.name, lease=lease_id, items=items,
@@ -250,8 +252,8 @@ class Dispatcher:
             case Revoke():
                 jobs = self.keys.granted(msg.key).jobs
                 self.keys.check_jobs(jobs, msg.token, session.token)
-                holders = [s for s in self.sessions
-                           if _key_of(self.keys.worker(s.token)) == msg.key]
+                holders = [s for s in self.sessions if msg.key in s.grants
+                           or _key_of(self.keys.worker(s.token)) == msg.key]
                 reply = Reply(id=msg.id, data=await self.admin.revoke(msg.key))
                 for holder in holders:  # cut off now; what they hold goes back free
                     holder.faulted = True
@@ -263,6 +265,9 @@ class Dispatcher:
         job = self.admin.get(msg.job)
         if job.name in session.circuits:
             raise CircuitOpen(session.circuits[job.name])
+        key = _key_of(self.keys.worker(msg.token if msg.token is not None else session.token))
+        if key is not None:  # a revoke of that token cuts this session off
+            session.grants.add(key)
         sub = session.subscriptions.get(job.name)
         if sub is None or sub.job is not job or sub.task.done():  # done: say so again
             sub = Subscription(session, job, msg.batches, msg.batch_size)

@@ -75,6 +75,11 @@ class FormatError(PlanchetError):
     code = "format_error"
 
 
+class CorruptInput(FormatError):
+    """An input's data is corrupt or cut short (a gzip stream): reading it again cannot
+    help, so the job waits for an operator instead of reopening by itself."""
+
+
 class ServerError(PlanchetError):
     """The server failed in a way that is not the request's fault."""
 

@@ -54,6 +54,7 @@ class Session:
         self.ending = Ending.VANISHED  # how its connection ended, once parked
         self.parked_at = 0.0  # when (time.monotonic)
         self.circuits: dict[str, str] = {}  # job -> why it is cut off it: no more credit
+        self.grants: set[str] = set()  # keys of the worker tokens its credits named
         # what ``watch`` shows of it: cheap integer bookkeeping only (see ``watch.py``)
         self.id = secrets.token_hex(4)  # a short public id, never the resumable ``name``
         self.client: str | None = None  # hello.client
@@ -228,10 +229,19 @@ class Subscription:
         await self.session.send(batch)
         return True
 
-    async def stop(self) -> None:
+    async def stop(self, patience: float | None = None) -> None:
+        """Stop the pump; after ``patience`` seconds (a send stuck on a dead connection),
+        cancel it: whatever it leased stays recorded on this subscription."""
         self.closed = True
         self.wake()
-        await self.task
+        if patience is None:
+            await self.task
+            return
+        done, _ = await asyncio.wait([self.task], timeout=patience)
+        if not done:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 def _is_disconnect(exc: Exception) -> bool:

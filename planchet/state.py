@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .exceptions import PlanchetError, ServerError, Unavailable
+from .exceptions import CorruptInput, PlanchetError, ServerError, Unavailable
 
 
 class JobState(enum.StrEnum):
@@ -45,7 +45,8 @@ class Broken:
         (a file problem while opening); or a step failed (anything else, a bug included)."""
         if isinstance(exc, Unavailable):
             return cls(Fault.STORAGE, f"storage failed: {exc}")
-        if isinstance(exc, Unusable) or (opening and isinstance(exc, PlanchetError)):
+        if isinstance(exc, Unusable | CorruptInput) or (
+                opening and isinstance(exc, PlanchetError)):
             return cls(Fault.UNUSABLE, str(exc))
         return cls(Fault.STEP, f"a step failed ({type(exc).__name__}: {exc})")
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from planchet.dispatcher import Dispatcher
+from planchet.dispatcher import Dispatcher, Ending
 from planchet.embedded import RedisProcess
 from planchet.exceptions import (
     AuthError,
@@ -753,3 +753,61 @@ async def test_clean_start_can_give_a_job_a_new_token_under_the_master(
     await Peer(dispatcher, token="new").credit(1)
     with pytest.raises(AuthError):
         await Peer(dispatcher, token="old").credit(1)
+
+
+async def test_a_lease_that_ends_while_a_resume_sends_it_again_is_skipped(
+    make_dispatcher: MakeDispatcher, issues_input: Path
+) -> None:
+    """A resumed session's leases are sent again one by one; one that another connection
+    settles meanwhile is skipped, not a KeyError that would fail the resumed session."""
+    dispatcher = await make_dispatcher(resume_grace=WAIT)
+    peer = Peer(dispatcher)
+    await dispatcher.disconnect(peer.session, Ending.GOODBYE)  # a resumable one instead:
+    before = peer.session = dispatcher.connect(peer._send, Hello(protocol=1, resumable=True))
+    await peer.start()
+    await peer.credit(2)
+    first, second = await peer.next_batch(), await peer.next_batch()
+    await dispatcher.disconnect(before)  # vanished: parked, its leases kept
+    job = dispatcher.jobs["j"]
+    sent: list[str] = []
+
+    async def send(message: Message) -> None:  # the first re-sent batch: the other ends
+        if isinstance(message, Batch):
+            sent.append(message.lease)
+            other = second.lease if message.lease == first.lease else first.lease
+            if other in job.leases:
+                await job.settle(other, list(job.leases[other].items.items()), [])
+
+    after = dispatcher.connect(send, Hello(protocol=1, resumable=True))
+    assert before.name is not None and await dispatcher.resume(after, before.name)
+    await dispatcher.restart(after, held=[])
+    assert len(sent) == 1  # the one settled meanwhile was not sent again
+    assert not after.subscriptions["j"].task.done()  # its pump runs again
+
+
+async def test_a_resume_does_not_wait_for_ever_on_the_old_connections_stuck_send(
+    make_dispatcher: MakeDispatcher, issues_input: Path
+) -> None:
+    """Taking over a session whose old connection is half dead (its pump stuck in a send)
+    cancels that pump after a short patience; the lease it held is sent again."""
+    dispatcher = await make_dispatcher(resume_grace=WAIT)
+    stuck = asyncio.Event()
+    sent: list[Batch] = []
+
+    async def send_nothing(message: Message) -> None:  # a full socket buffer, for ever
+        if isinstance(message, Batch):
+            sent.append(message)
+            stuck.set()
+            await asyncio.Event().wait()
+
+    old = dispatcher.connect(send_nothing, Hello(protocol=1, resumable=True))
+    await Peer(dispatcher).start()
+    await dispatcher.handle(old, Credit(job="j", batches=1))
+    await asyncio.wait_for(stuck.wait(), WAIT)
+    peer = Peer(dispatcher)
+    new = peer.session = dispatcher.connect(peer._send, Hello(protocol=1, resumable=True))
+    assert old.name is not None
+    async with asyncio.timeout(WAIT):
+        assert await dispatcher.resume(new, old.name)
+        await dispatcher.restart(new, held=[])
+    assert (await peer.next_batch()).lease == sent[0].lease

@@ -173,6 +173,27 @@ async def test_a_revoked_token_stops_working_at_once(
         await ws.close()
 
 
+async def test_a_revoke_also_cuts_off_a_connection_that_named_the_token_per_message(
+    make_server: MakeServer, issues_input: Path
+) -> None:
+    """A connection with no hello token whose credit named the worker token is closed
+    with 1008 on revoke too, and its batch goes back free instead of expiring charged."""
+    server, master = await guarded(make_server)
+    granted = await ok(master, Grant(id=3, jobs=["j"]))
+    worker = await greet(server)
+    await worker.send(encode(Credit(job="j", batches=1, token=granted["token"])))
+    held = await batch(worker)
+    admin_j = await greet(server, token=ADMIN_J)
+    await ok(admin_j, Revoke(id=5, key=granted["key"]))
+    _, code = await closed(worker)
+    assert code == 1008
+    await eventually(lambda: server.dispatcher.jobs["j"].queued == len(held.items),
+                     "the revoked worker's batch is queued again")
+    assert (await ok(admin_j, JobCommand(type="report", id=9, job="j")))["failed"] == 0
+    for ws in (master, admin_j):
+        await ws.close()
+
+
 async def test_who_may_grant_list_and_revoke(
     make_server: MakeServer, issues_input: Path
 ) -> None:

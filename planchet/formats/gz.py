@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO
 
-from planchet.exceptions import FormatError
+from ..exceptions import CorruptInput, FormatError
 
 CHUNK = 1 << 16
 LEVEL = 6  # zlib's default: most of level 9's ratio at a fraction of its time
@@ -121,6 +121,6 @@ class GzipInput:
         try:
             return method(size)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise FormatError(f"{self.path} is not a valid gzip file: {exc}") from exc
+            raise CorruptInput(f"{self.path} is not a valid gzip file: {exc}") from exc
         except OSError as exc:
             raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc

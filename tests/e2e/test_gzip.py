@@ -88,7 +88,8 @@ def test_a_file_that_is_not_gzip_is_refused_at_start(serve_process, data_dir):
 
 
 def test_corruption_mid_file_breaks_the_job_with_a_clear_error(serve_process, data_dir):
-    """A .gz input corrupt past its first member stops the job, its report says why."""
+    """A .gz input corrupt past its first member stops the job for good (no reopening
+    and re-reading it again and again), and its report says why."""
     good = gzip.compress(b'{"text": "fine"}\n' * 100)
     bad = bytearray(gzip.compress(b'{"text": "lost"}\n' * 100))
     bad[len(bad) // 2] ^= 0xFF
@@ -100,3 +101,4 @@ def test_corruption_mid_file_breaks_the_job_with_a_clear_error(serve_process, da
         return "half.jsonl.gz is not a valid gzip file" in error
 
     wait_until(broken, "the job to break on the corrupt member", WAIT)
+    assert "a step failed" not in client.get_job_report("gz")["error"]  # unusable: stays
