@@ -29,6 +29,7 @@ class Breaker:
     def __init__(self, limit: int) -> None:
         self.limit = limit  # 0: never open
         self.failing: dict[str, int] = {}  # job -> batches failed on every item, in a row
+        self._wrote: set[str] = set()  # jobs this worker has had a result written for
         self.last_error: dict[str, str] = {}  # job -> the last error message sent
         self.opened: dict[str, CircuitOpen] = {}  # job -> why its worker must stop
         self._sent: dict[int, tuple[bool, bool]] = {}  # key -> (settles its lease, any new id)
@@ -65,8 +66,9 @@ class Breaker:
                 del self._partial[next(iter(self._partial))]
         elif written:
             self.failing[result.job] = 0
-        elif failed and new:
-            self._failed(result.job)
+            self._wrote.add(result.job)
+        elif failed and (new or result.job not in self._wrote):  # retries count until it
+            self._failed(result.job)  # wrote anything: a worker that never did is broken
 
     def _failed(self, job: str) -> None:
         count = self.failing[job] = self.failing.get(job, 0) + 1

@@ -127,6 +127,7 @@ class Subscription:
         self.closed = False
         self.stalled = False  # a lease expired: push nothing until the worker speaks again
         self.failing = 0  # batches in a row whose every item the worker failed (the breaker)
+        self.wrote = False  # a result of this worker was written: retries no longer count
         self._partial: dict[str, tuple[int, int, bool]] = {}  # lease -> written, failed, new
         self._wake = asyncio.Event()
         self.start()
@@ -157,7 +158,9 @@ class Subscription:
         """Count, at the result that ends each lease, the batches in a row whose items all
         failed by the worker's own errors (some failed, none written; partial results
         add up); a batch with a result written starts the count again. A batch of items
-        that had all failed before (``new`` False: retries) is left out. The count."""
+        that had all failed before (``new`` False: retries) is left out once this worker
+        has written something: a worker that never did is broken, whatever it gets. The
+        count."""
         written, failed, was_new = self._partial.pop(lease, (0, 0, False))
         written, failed = written + ack.written, failed + ack.retried + ack.failed
         new = new or was_new
@@ -166,8 +169,8 @@ class Subscription:
             if len(self._partial) > len(self.leases):  # ended otherwise: expired, released
                 self._partial = {k: v for k, v in self._partial.items() if k in self.leases}
         elif written:
-            self.failing = 0
-        elif failed and new:
+            self.failing, self.wrote = 0, True
+        elif failed and (new or not self.wrote):  # retries count until it wrote anything
             self.failing += 1
         return self.failing
 

@@ -157,3 +157,31 @@ def test_a_circuit_open_frame_answers_no_result() -> None:
     with pytest.raises(CircuitOpen, match=r"^cut off \(the last error: x\)$"):
         session.take_batch("j")
     assert session.take_batch("j") is None
+
+
+ALWAYS_FAILS = """
+import json, sys
+for line in sys.stdin:
+    print(json.dumps({"id": json.loads(line)["id"], "error": "boom"}), flush=True)
+"""
+
+
+def test_a_worker_that_never_wrote_is_stopped_before_its_retries_burn_the_attempts(
+    serve_url: str, headlines: str, data_dir: Path
+) -> None:
+    """A program that fails every item (retryable) is stopped after 3 batches even
+    though the 2nd and 3rd are retries of the 1st: no item reaches the error file."""
+    with PlanchetClient(serve_url) as admin:
+        admin.start_job("boom", {"input_file_path": headlines,
+                                 "output_file_path": "boom.jsonl"},
+                        "JsonlReader", "JsonlWriter", batch_size=20, max_attempts=5)
+    done = subprocess.run(
+        [sys.executable, "-m", "planchet", "work", "boom", "--url", serve_url,
+         "--", sys.executable, "-c", ALWAYS_FAILS],
+        capture_output=True, text=True, env=clean_env(), timeout=120,
+    )
+    assert done.returncode == 1 and "circuit_open" in done.stderr, done.stderr
+    with PlanchetClient(serve_url) as admin:
+        wait_until(lambda: admin.get_job_report("boom")["in_flight"] == 0, "the batches back")
+        assert admin.get_job_report("boom")["failed"] == 0
+    assert error_ids(data_dir, "boom.jsonl.errors.jsonl") == []
