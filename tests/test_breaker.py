@@ -105,6 +105,24 @@ async def test_a_worker_failing_every_item_is_cut_off_after_n_batches(
         await ws.close()
 
 
+async def test_a_worker_that_never_wrote_is_cut_off_even_on_retries(
+    server: PlanchetServer, issues_input: Path, data_dir: Path
+) -> None:
+    """With attempts to spare, a worker failing everything gets its own failures back as
+    retries; they count until it has written anything, so it is cut off after 5 batches
+    and no item reaches the error file."""
+    admin = await greet(server)
+    assert isinstance(await request(admin, start_job(batch_size=5, max_attempts=10)), Reply)
+    bad = await greet(server)
+    acks, error = await fail_until_cut_off(bad)
+    assert error.code == "circuit_open" and len(acks) == 5
+    assert all(a.retried == 5 and a.failed == 0 for a in acks)
+    errors = data_dir / "out.jsonl.errors.jsonl"
+    assert not errors.exists() or ids_in(errors) == []
+    for ws in (admin, bad):
+        await ws.close()
+
+
 async def test_a_worker_that_gets_some_batches_right_is_never_cut_off(
     make_server: MakeServer, issues_input: Path, data_dir: Path
 ) -> None:
