@@ -107,6 +107,9 @@ class GzipInput:
         """
         size = os.fstat(self.fileno()).st_size
         taken, given = self._raw.consumed, self._position
+        if taken >= size > 18:  # all of it pulled into the decompressor's buffer at once:
+            trailer = os.pread(self.fileno(), 4, size - 4)  # the ratio says nothing; the
+            return max(given, int.from_bytes(trailer, "little"))  # last member's ISIZE does
         if not taken or not given:
             return size
         return max(given, round(size * given / taken))

@@ -100,6 +100,18 @@ def test_gzip_input_size_is_an_uncompressed_estimate(tmp_path: Path) -> None:
     reader.close()
 
 
+def test_a_small_gzip_input_taken_in_at_once_is_sized_by_its_trailer(tmp_path: Path) -> None:
+    """A compressible input small enough to be pulled in whole at the first read is not
+    sized by a meaningless ratio but by its gzip trailer: the true size, mid-file."""
+    data = b'{"text": "the same line again"}\n' * 20_000
+    packed = gz(tmp_path / "small.jsonl.gz", data)
+    reader = JsonlReader(packed, {})
+    reader.open()
+    reader.read(100)
+    assert reader.size() == len(data)
+    reader.close()
+
+
 @pytest.mark.parametrize(("cls", "suffix"), [(JsonlWriter, "jsonl"), (CsvWriter, "csv")])
 def test_gzip_output_is_the_plain_output_compressed(tmp_path: Path, cls: type, suffix: str) -> None:
     """A .gz writer's file decompresses to the plain writer's bytes; offsets are its size."""
