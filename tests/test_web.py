@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import shutil
 import ssl
 import subprocess
@@ -142,6 +143,29 @@ async def test_the_landing_page_and_the_client_entry(server: PlanchetServer) -> 
     assert entry.body == CLIENT_ENTRY and b"./client/planchet.js" in entry.body
     client = await fetch(server.port, "/client/package.json")
     assert client.status == 200 and client.headers["content-type"] == "application/json"
+
+
+LOADS = rb'(?:href|src)="(/[^"?#]+)"|from "(/[^"]+)"|Worker\("(/[^"]+)"|URL\("(/[^"]+)"'
+
+
+async def test_every_file_the_pages_name_is_served(server: PlanchetServer) -> None:
+    """Each /web/ file the dashboard and the worker page load (styles, scripts, modules
+    they import) is served: a page never ships pointing at a file left out of the tree."""
+    seen: set[str] = set()
+    todo = ["/", "/worker"]
+    while todo:
+        path = todo.pop()
+        answer = await fetch(server.port, path)
+        assert answer.status == 200, path
+        if path == "/client.js":
+            continue  # the client's own modules are client/'s (tests/test_js_client.py)
+        for found in re.findall(LOADS, answer.body):
+            name = next(group for group in found if group).decode()
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    assert {"/web/theme.css", "/web/dashboard.css", "/web/dashboard.js", "/web/chart.js",
+            "/web/worker.css", "/web/worker.js", "/web/runner.js", "/client.js"} <= seen
 
 
 @pytest.mark.parametrize(("name", "kind"), [
