@@ -272,8 +272,9 @@ class Tally:
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
         rate = (self.results + self.errors) / seconds if seconds > 0 else 0.0
-        text = (f"{self.results:,} results and {self.errors:,} errors from {self.batches:,} "
-                f"batches in {seconds:.1f} s ({rate:,.0f} items/s)")
+        attempts = "failed attempt" if self.errors == 1 else "failed attempts"
+        text = (f"{self.results:,} results and {self.errors:,} {attempts} from "
+                f"{self.batches:,} batches in {seconds:.1f} s ({rate:,.0f} items/s)")
         if self.dropped:
             text += f"; {self.dropped:,} came too late and were dropped"
         return text

@@ -66,7 +66,7 @@ def test_status_of_a_finished_job(
                "--output", "up.jsonl")[0] == 0
     code, out, _ = run(capsys, "work", "up", "--url", serve_url, "--",
                        sys.executable, str(REPO / "examples" / "uppercase.py"))
-    assert code == 0 and out.startswith("up: done; 200 results and 0 errors")
+    assert code == 0 and out.startswith("up: done; 200 results and 0 failed attempts")
     code, out, _ = run(capsys, "status", "up", "--url", serve_url)
     lines = dict(line.split(None, 1) for line in out.splitlines() if " " in line)
     assert lines["job"] == "up (done, read-write)"

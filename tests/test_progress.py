@@ -86,7 +86,7 @@ def test_work_on_a_terminal_redraws_a_live_line_then_prints_the_summary(
     done = [int(m.group(1).replace(",", "")) for m in counts if m]
     assert done == sorted(done) and done[-1] == ITEMS
     assert all(int(m.group(2).replace(",", "")) >= 0 for m in counts if m)
-    assert summary.startswith(f"live: done; {ITEMS} results and 0 errors"), out
+    assert summary.startswith(f"live: done; {ITEMS} results and 0 failed attempts"), out
 
 
 def test_work_on_a_pipe_prints_only_the_summary(serve_url: str, issues_input: Path) -> None:
@@ -98,7 +98,7 @@ def test_work_on_a_pipe_prints_only_the_summary(serve_url: str, issues_input: Pa
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert len(done.stdout.splitlines()) == 1
-    assert done.stdout.startswith(f"piped: done; {ITEMS} results and 0 errors")
+    assert done.stdout.startswith(f"piped: done; {ITEMS} results and 0 failed attempts")
 
 
 # --- planchet status --watch -----------------------------------------------------------------

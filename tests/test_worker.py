@@ -64,7 +64,7 @@ def test_uppercase_coprocess_does_a_whole_job(
         capture_output=True, text=True, env=clean_env(), timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("up: done; 200 results and 0 errors from 7 batches")
+    assert done.stdout.startswith("up: done; 200 results and 0 failed attempts from 7 batches")
     records = read_jsonl(data_dir / "up.jsonl")
     assert ids_once(records) == set(range(200))
     source = read_jsonl(data_dir / headlines)
@@ -90,7 +90,7 @@ def test_a_crashing_coprocess_costs_only_the_items_that_crash_it(
     code, out, _ = run(capsys, "work", "crash", "--url", serve_url, "--",
                        sys.executable, script(tmp_path, CRASHER))
     assert code == 0
-    assert "46 results and 12 errors" in out  # 4 poisonous items, 3 attempts each
+    assert "46 results and 12 failed attempts" in out  # 4 poisonous items, 3 attempts each
     errors = read_jsonl(data_dir / "crash.jsonl.errors.jsonl")
     assert ids_once(errors) == {0, 13, 14, 39}
     assert {(e["attempts"], e["error"]) for e in errors} == {
@@ -172,7 +172,7 @@ def test_a_stray_line_costs_one_retry_not_the_batches_after_it(
     code, out, _ = run(capsys, "work", "chatty", "--url", serve_url, "--prefetch", "1", "--",
                        sys.executable, script(tmp_path, CHATTY))
     assert code == 0
-    assert "20 results and 1 errors" in out  # id 9's answer was left unread, once
+    assert "20 results and 1 failed attempt" in out  # id 9's answer was left unread, once
     assert ids_once(read_jsonl(data_dir / "chatty.jsonl")) == set(range(20))
     assert read_jsonl(data_dir / "chatty.jsonl.errors.jsonl") == []
 
