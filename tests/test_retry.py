@@ -309,7 +309,7 @@ def test_planchet_retry_end_to_end(
     u = ("--url", serve_url)
     assert run(capsys, "start", "j", *u, "--input", "in.jsonl", "--output", "j.out.jsonl")[0] == 0
     code, out, _ = run(capsys, "work", "j", *u, "--", sys.executable, str(program), "sevens")
-    assert code == 0 and "119 errors" in out
+    assert code == 0 and "119 failed attempts" in out
     code, out, _ = run(capsys, "retry", "j", *u)
     assert code == 0
     assert out.strip() == (f"job j: 119 failed items back in the queue; "
