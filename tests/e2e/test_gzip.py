@@ -9,8 +9,6 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -18,7 +16,7 @@ import pytest
 
 from planchet import PlanchetClient
 from planchet.exceptions import FormatError
-from tests.e2e.test_kills import WAIT, WORKER, finish
+from tests.e2e.test_kills import WAIT, finish
 from tests.support import wait_until
 
 REPEAT = 25  # 200 headlines x 25 = 5,000 items: far from done when the server is killed
@@ -33,23 +31,6 @@ def gz_input(data_dir: Path, shared_data: Path) -> int:
     return len(text.splitlines()) * REPEAT
 
 
-@pytest.fixture
-def workers() -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(url: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, str(WORKER), url, "gz", "20", "0.05"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def start_job(url: str, source: str = "news.jsonl.gz") -> PlanchetClient:
     client = PlanchetClient(url, retries=40)
     client.start_job("gz", {"input_file_path": source, "output_file_path": "out.jsonl.gz"},
@@ -60,7 +41,7 @@ def start_job(url: str, source: str = "news.jsonl.gz") -> PlanchetClient:
 def test_gzip_job_resumes_mid_file_after_kill_9(serve_process, workers, gz_input, data_dir):
     """A server SIGKILLed mid-way through a .jsonl.gz job resumes it: every id once, gzip out."""
     client = start_job(serve_process.url)
-    procs = [workers(serve_process.url) for _ in range(2)]
+    procs = [workers(serve_process.url, "gz", 20, 0.05) for _ in range(2)]
     wait_until(lambda: client.get_job_report("gz")["written"] >= 300, "some progress", WAIT)
     before = client.get_job_report("gz")
     serve_process.kill()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -20,7 +18,6 @@ from planchet import PlanchetClient
 from planchet.embedded import redis_pids
 from tests.support import ServeProcess, wait_until
 
-WORKER = Path(__file__).with_name("worker.py")
 REPEAT = 10  # 200 headlines x 10 = 2,000 items
 WAIT = 90.0  # a generous bound on a whole job, for slow machines
 
@@ -34,23 +31,6 @@ def job_input(data_dir: Path, shared_data: Path) -> int:
     text = (shared_data / "news_headlines.jsonl").read_text()
     (data_dir / "headlines.jsonl").write_text(text * REPEAT)
     return len(text.splitlines()) * REPEAT
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(url: str, job: str = "kills", batch: int = 20, delay: float = 0.0):
-        proc = subprocess.Popen([sys.executable, str(WORKER), url, job, str(batch), str(delay)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def start_job(url: str, **options: object) -> PlanchetClient:
