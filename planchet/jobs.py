@@ -26,7 +26,7 @@ from .exceptions import BadRequest
 from .jobcore import Dead, JobBase
 from .leasing import Budget, take_queued
 from .messages import Ack, Item, ItemError
-from .readahead import Closed, ReadAhead, Record
+from .readahead import Closed, ReadAhead
 from .report import job_report
 from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Watcher
 from .store import LeasedItem, pack, pack_leased
@@ -90,17 +90,14 @@ class Job(JobBase):
         ahead = self.ahead
         if ahead is None or self.counts["exhausted"]:
             return None
-        records = ahead.take(n, budget.admit if budget else None)
+        taken = ahead.take(n, budget.admit if budget else None)
         if ahead.drained:
             self.counts["exhausted"] = 1
-        if not records:
+        if taken is None:
             return None
-        last: Record = records[-1]
-        self.counts["next_id"], self.counts["offset"] = last.id + 1, last.end
-        blob, items, unencodable = pack_leased(
-            [(r.id, r.item) for r in records if r.error is None])
-        bad = [(r.id, r.error, 0) for r in records if r.error is not None]
-        self._log_dead(group, [*bad, *[(i, why, 0) for i, why in unencodable]])
+        self.counts["next_id"], self.counts["offset"] = taken.next_id, taken.end
+        blob, items, unencodable = pack_leased(taken.items)
+        self._log_dead(group, [(i, why, 0) for i, why in [*taken.bad, *unencodable]])
         return self._hold(group, blob, items, owner) if items else None
 
     def _hold(self, group: Group, blob: bytes, items: list[LeasedItem], owner: Watcher) -> Lease:

@@ -1,9 +1,10 @@
 """Read-ahead: parsed input waiting to be leased, so that a lease never waits for the disk.
 
-A task reads the next chunks in a thread while the job serves what is already parsed.
-Each record keeps its end offset, so a lease can take any number of items and commit
-the exact position after the last one: what was read ahead but not leased is simply
-read again after a restart. Memory is bounded by a count of items and a count of bytes.
+A task reads the next chunks in a thread while the job serves what is already checked.
+Records are kept as the reader gave them, in runs of good items (sliced, never one
+object per record), each with its end offset, so a lease can take any number of items
+and commit the exact position after the last one: what was read ahead but not leased is
+simply read again after a restart. Memory is bounded by a count of items and of bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .formats import Chunk, Reader
@@ -24,20 +26,31 @@ class Closed(Exception):
     """The job stopped reading (closed or reopening) while a lease waited."""
 
 
-class Record(NamedTuple):
-    """One input record: its id, the offset just past it, and its item or its error."""
+class Run(NamedTuple):
+    """Records read in one go: good items with consecutive ids, or one bad record."""
 
-    id: int
+    first: int  # the id of the first record
+    ends: list[int]  # the offset just past each record
+    items: list[tuple[int, Any]]  # (id, item) for each record; empty for a bad one
+    error: str | None = None  # a bad record: why
+
+
+@dataclass
+class Taken:
+    """What one lease took: good items, bad records among and after them, and where the
+    next record starts (its id and offset)."""
+
+    items: list[tuple[int, Any]]
+    bad: list[tuple[int, str]]
+    next_id: int
     end: int
-    item: Any
-    error: str | None  # None: a good item
 
 
 class ReadAhead:
     def __init__(self, reader: Reader, start: int, on_change: Callable[[], None]) -> None:
         self.reader = reader
-        self.records: collections.deque[Record] = collections.deque()
-        self.good = 0  # good items in ``records``
+        self.runs: collections.deque[Run] = collections.deque()
+        self.good = 0  # good items in ``runs``
         self.eof = False
         self.failure: BaseException | None = None
         self._start = start  # offset where the first buffered record begins
@@ -66,30 +79,49 @@ class ReadAhead:
         if self.failure is not None:
             raise self.failure
 
-    def take(self, n: int, fits: Callable[[int, Any], bool] | None = None) -> list[Record]:
+    def take(self, n: int, fits: Callable[[int, Any], bool] | None = None) -> Taken | None:
         """Up to ``n`` good items, with the bad records among and before them, in id order;
-        ``fits(id, item)`` False ends the batch before that item (a byte cap)."""
-        taken: list[Record] = []
-        good = 0
-        while self.records and good < n:
-            record = self.records[0]
-            if record.error is None and fits is not None and not fits(record.id, record.item):
-                break
-            taken.append(self.records.popleft())
-            good += record.error is None
-        # bad records right after the batch go with it: they need no worker
-        while self.records and self.records[0].error is not None:
-            taken.append(self.records.popleft())
-        self.good -= good
-        if taken:
-            self._start = taken[-1].end
+        ``fits(id, item)`` False ends the batch before that item (a byte cap). None if
+        nothing is buffered."""
+        if not self.runs:
+            return None
+        taken = Taken([], [], 0, 0)
+        while self.runs and len(taken.items) < n:
+            run = self.runs[0]
+            if run.error is not None:
+                self._pop_bad(taken)
+                continue
+            k = min(n - len(taken.items), len(run.items))
+            if fits is not None:
+                k = _fitting(run.items, k, fits)
+                if not k:
+                    break
+            self._take_from(run, k, taken)
+        while self.runs and self.runs[0].error is not None:  # they need no worker
+            self._pop_bad(taken)
+        self.good -= len(taken.items)
+        if taken.end:
+            self._start = taken.end
         self._kick()
-        return taken
+        return taken if taken.end else None
+
+    def _take_from(self, run: Run, k: int, taken: Taken) -> None:
+        taken.items += run.items[:k] if k < len(run.items) else run.items
+        taken.next_id, taken.end = run.first + k, run.ends[k - 1]
+        if k < len(run.items):
+            self.runs[0] = Run(run.first + k, run.ends[k:], run.items[k:])
+        else:
+            self.runs.popleft()
+
+    def _pop_bad(self, taken: Taken) -> None:
+        run = self.runs.popleft()
+        taken.bad.append((run.first, run.error or ""))
+        taken.next_id, taken.end = run.first + 1, run.ends[0]
 
     @property
     def drained(self) -> bool:
         """Every record of the file has been taken."""
-        return self.eof and not self.records
+        return self.eof and not self.runs
 
     async def close(self) -> None:
         """Stop reading; wait for a read in progress, so the reader can be closed."""
@@ -101,7 +133,7 @@ class ReadAhead:
     # --- the reading task -----------------------------------------------------------
 
     def _buffered_bytes(self) -> int:
-        return self.records[-1].end - self._start if self.records else 0
+        return self.runs[-1].ends[-1] - self._start if self.runs else 0
 
     def _hungry(self) -> bool:
         if self.eof or self.failure is not None or self._closed:
@@ -130,21 +162,37 @@ class ReadAhead:
 
     def _chunk_size(self) -> int:
         """About a megabyte of input per read, judging by the lines seen so far."""
-        if not self.records:
+        records = sum(len(run.ends) for run in self.runs)
+        if not records:
             return 100
-        per_line = max(1, self._buffered_bytes() // len(self.records))
+        per_line = max(1, self._buffered_bytes() // records)
         return max(1, min(MAX_CHUNK, 2**20 // per_line))
 
     def _add(self, chunk: Chunk) -> None:
         first = chunk.position.next_id - len(chunk.ends)
+        if not chunk.errors and len(chunk.items) == len(chunk.ends):  # the usual case
+            if chunk.items:
+                self.runs.append(Run(first, chunk.ends, chunk.items))
+        else:
+            self._add_mixed(chunk, first)
+        self.good += len(chunk.items)
+        if not chunk.ends:
+            self.eof = True
+
+    def _add_mixed(self, chunk: Chunk, first: int) -> None:
         items = dict(chunk.items)
         errors = dict(chunk.errors)
         for k, end in enumerate(chunk.ends):
             i = first + k
             if i in items:
-                self.records.append(Record(i, end, items[i], None))
+                self.runs.append(Run(i, [end], [(i, items[i])]))
             else:
-                self.records.append(Record(i, end, None, errors.get(i, "unreadable record")))
-        self.good += len(chunk.items)
-        if not chunk.ends:
-            self.eof = True
+                self.runs.append(Run(i, [end], [], errors.get(i, "unreadable record")))
+
+
+def _fitting(items: list[tuple[int, Any]], k: int, fits: Callable[[int, Any], bool]) -> int:
+    """How many of the first ``k`` items ``fits`` admits, in order."""
+    for n, (item_id, item) in enumerate(items[:k]):
+        if not fits(item_id, item):
+            return n
+    return k

@@ -28,7 +28,22 @@ _LONG_RUN = b"0" * 19
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept."""
     value = orjson.loads(data)
-    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    _check(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"),
+           value, max_depth)
+    return value
+
+
+def suspect(texts: list[bytes], max_depth: int = MAX_DEPTH) -> bool:
+    """Whether any of ``texts`` (each valid JSON to orjson) may fail ``loads``: checked
+    on all of them at once, so a chunk of ordinary lines costs one scan."""
+    if not texts:
+        return False
+    marks = b"\n".join(texts).translate(_MARKS)
+    return _LONG_RUN in marks or (max(map(len, texts)) > 2 * max_depth
+                                  and marks.count(b"[") > max_depth)
+
+
+def _check(raw: bytes, value: Any, max_depth: int) -> None:
     marks = raw.translate(_MARKS)
     # Valid JSON nested n deep has n openers and n closers, so short text needs no count.
     deep = len(raw) > 2 * max_depth and marks.count(b"[") > max_depth
@@ -36,7 +51,6 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         raise ValueError(f"nested deeper than {max_depth} levels")
     if _LONG_RUN in marks:
         json.loads(raw, parse_int=_exact_int)
-    return value
 
 
 def _encodable(value: Any, max_depth: int) -> bool:

@@ -17,8 +17,9 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import orjson
 import pytest
 
 from planchet.cli import main
@@ -165,3 +166,9 @@ class ServeProcess:
         lines = self.log.read_text(errors="replace").splitlines()[-40:] if self.log.exists() else []
         pytest.fail(f"planchet serve on port {self.port} {why}; end of {self.log}:\n"
                     + "\n".join(lines), pytrace=False)
+
+
+def held(items: dict[int, tuple[Any, int]]) -> dict[int, tuple[Any, int]]:
+    """A lease's items (id -> item, attempts) with each item as the value it stands for:
+    items read from JSONL are raw JSON text (``orjson.Fragment``), equal to nothing."""
+    return {i: (orjson.loads(orjson.dumps(item)), n) for i, (item, n) in items.items()}

@@ -18,6 +18,7 @@ from planchet.spec import build_spec
 from planchet.state import DONE, PAUSED, RUNNING, Fault, Lease
 from planchet.store import Store
 from planchet.writeonly import new_job as make_job
+from tests.support import held
 
 LINES = 830  # github_issue_titles.jsonl
 OPENED: list[Job] = []  # every Job a test made, closed after it (see ``close_jobs``)
@@ -255,7 +256,7 @@ async def test_a_late_result_after_expiry_is_dropped_and_the_items_served_again(
 
     again = await job.lease(other, 3)
     assert again is not None and again.id != lease.id
-    assert again.items == {i: ({"n": i}, 1) for i in range(3)}  # one attempt used up
+    assert held(again.items) == {i: ({"n": i}, 1) for i in range(3)}  # one attempt used up
     ack = await settled(job, again.id, [(i, "on time") for i in range(3)], [])
     assert ack.written == 3
     assert output_of(job) == {i: "on time" for i in range(3)}
@@ -578,7 +579,7 @@ async def test_done_exactly_when_everything_is_written_or_failed(
     await settled(job, c.id, [], [ItemError(id=4, message="flaky")])  # retried
     assert not job.done and job.queued == 1
     retry = await job.lease(watcher, 2)
-    assert retry is not None and retry.items == {4: ({"n": 4}, 1)}
+    assert retry is not None and held(retry.items) == {4: ({"n": 4}, 1)}
     assert not job.done
     wakes = watcher.wakes
     await settled(job, retry.id, [], [ItemError(id=4, message="flaky")])  # out of attempts

@@ -15,6 +15,7 @@ from planchet.jobs import Job
 from planchet.leasing import pair_size
 from planchet.messages import Batch, Extend, Release, encode
 from planchet.store import Store, unpack
+from tests.support import held
 from tests.test_dispatcher import WAIT, Peer, ids_of
 from tests.test_jobs import (
     Owner,
@@ -60,7 +61,7 @@ async def test_release_of_a_whole_lease_requeues_it_with_no_attempt_charged(
     assert first is not None
     await job.expire(now=first.deadline)  # one attempt used up
     again = await job.lease(owner, 3)
-    assert again is not None and again.items == {i: ({"n": i}, 1) for i in range(3)}
+    assert again is not None and held(again.items) == {i: ({"n": i}, 1) for i in range(3)}
     wakes = owner.wakes
 
     assert job.release_items(again.id, None) == (3, 0)
@@ -70,7 +71,7 @@ async def test_release_of_a_whole_lease_requeues_it_with_no_attempt_charged(
     assert await store.redis.hgetall("planchet:job:j:leases") == {}
     for _ in range(3):  # released as often as you like: never charged
         lease = await job.lease(owner, 3)
-        assert lease is not None and lease.items == {i: ({"n": i}, 1) for i in range(3)}
+        assert lease is not None and held(lease.items) == {i: ({"n": i}, 1) for i in range(3)}
         assert job.release_items(lease.id, None) == (3, 0)
     lease = await job.lease(owner, 3)
     assert lease is not None
@@ -99,7 +100,7 @@ async def test_release_of_some_ids_keeps_the_rest_leased_and_counts_the_others_d
     ack = await settled(job, lease.id, [(1, "one"), (3, "three")], [])
     assert ack.written == 2 and lease.id not in job.leases
     again = await job.lease(owner, 4)
-    assert again is not None and again.items[2] == ({"n": 2}, 0)
+    assert again is not None and held(again.items)[2] == ({"n": 2}, 0)
 
 
 async def test_release_of_an_unknown_lease_drops_everything(
@@ -203,9 +204,9 @@ async def test_fresh_batches_stop_before_the_item_that_would_overflow_the_cap(
             break
         items = items_of(lease)
         assert frame_size(job, lease.id, items) <= cap
-        nxt = job.ahead.records[0] if job.ahead and job.ahead.records else None
-        if nxt is not None and nxt.error is None:
-            assert frame_size(job, lease.id, [*items, (nxt.id, nxt.item)]) > cap
+        run = job.ahead.runs[0] if job.ahead and job.ahead.runs else None
+        if run is not None and run.error is None:  # the next item would not have fitted
+            assert frame_size(job, lease.id, [*items, run.items[0]]) > cap
         sizes.append(len(items))
         await settled(job, lease.id, items, [])
     assert job.done and set(output_of(job)) == set(range(830))

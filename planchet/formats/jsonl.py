@@ -1,5 +1,10 @@
 """JSON Lines: one record per line, id = 0-based line number.
 
+An item is the line's JSON text itself (an ``orjson.Fragment``): checked, never kept as
+objects, so the server passes it on to workers and into Redis as it was read. orjson
+checks each line; the checks of ``strictjson`` run once per chunk, line by line only
+when that says a line may need them.
+
 Lines are read as bytes with ``readline`` so every offset is an exact byte count, and a
 bad line (blank, invalid UTF-8, invalid JSON, too long, too deep, an integer orjson
 would turn into a float) is reported with its id instead of stopping the job. A UTF-8
@@ -31,6 +36,7 @@ class JsonlReader(Reader):
         items: list[tuple[int, Any]] = []
         errors: list[tuple[int, str]] = []
         ends: list[int] = []
+        lines: list[bytes] = []  # the lines of ``items``, for the checks of ``recheck``
         while len(items) < n and len(errors) < self.max_errors:
             at_start = self._offset == 0
             line, size = self._next_line()
@@ -46,9 +52,14 @@ class JsonlReader(Reader):
             if at_start and line.startswith(BOM):
                 line = line[len(BOM) :]
             try:
-                items.append((record_id, parse_line(line)))
-            except ValueError as exc:
-                errors.append((record_id, str(exc)))
+                orjson.loads(line)  # bytes as they are: orjson checks the UTF-8 itself
+            except orjson.JSONDecodeError as exc:
+                errors.append((record_id, _why(line, exc)))
+            else:
+                items.append((record_id, orjson.Fragment(line.strip())))
+                lines.append(line)
+        if strictjson.suspect(lines, ITEM_MAX_DEPTH):
+            items, errors = _recheck(items, lines, errors)
         return Chunk(items, errors, Position(self._next_id, self._offset), ends)
 
     def _next_line(self) -> tuple[bytes | None, int]:
@@ -64,22 +75,34 @@ class JsonlReader(Reader):
             raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
 
 
-def parse_line(line: bytes) -> Any:
-    """Decode one line; ValueError carries the reason a bad line is reported with.
+# Items travel three levels down in a batch frame ({"items": [[id, item], ...]}), so
+# they may nest only that much less deeply than orjson can write.
+ITEM_MAX_DEPTH = strictjson.ITEM_MAX_DEPTH
 
-    Items travel three levels down in a batch frame, so they may nest only that much
-    less deeply than orjson can write.
-    """
-    try:  # bytes as they are: orjson checks the UTF-8 itself
-        return strictjson.loads(line, max_depth=strictjson.ITEM_MAX_DEPTH)
-    except orjson.JSONDecodeError as exc:
-        if not line.strip():
-            raise ValueError("blank line") from None
+
+def _why(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    """The reason a line orjson refused is reported with."""
+    if not line.strip():
+        return "blank line"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as bad:  # say so plainly, not as orjson does
+        return f"invalid UTF-8: {bad.reason} at byte {bad.start}"
+    return f"invalid JSON: {exc}"
+
+
+def _recheck(items: list[tuple[int, Any]], lines: list[bytes], errors: list[tuple[int, str]]
+             ) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """Check each line of a chunk ``strictjson.suspect`` flagged, one by one."""
+    good: list[tuple[int, Any]] = []
+    for (record_id, item), line in zip(items, lines, strict=True):
         try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as bad:  # say so plainly, not as orjson does
-            raise ValueError(f"invalid UTF-8: {bad.reason} at byte {bad.start}") from None
-        raise ValueError(f"invalid JSON: {exc}") from None
+            strictjson.loads(line, ITEM_MAX_DEPTH)
+        except ValueError as exc:
+            errors.append((record_id, str(exc)))
+        else:
+            good.append((record_id, item))
+    return good, sorted(errors)
 
 
 class JsonlWriter(Writer):

@@ -18,11 +18,11 @@ from planchet.formats import (
     Chunk,
     CsvReader,
     CsvWriter,
-    JsonlReader,
     JsonlWriter,
     Position,
     Reader,
 )
+from tests.formats import ValueJsonlReader
 from tests.formats.test_jsonl import TITLES
 
 START = Position(0, 0)
@@ -59,11 +59,11 @@ def titles_csv() -> bytes:
     return out.getvalue().encode()
 
 
-@pytest.mark.parametrize(("cls", "name"), [(JsonlReader, "in.jsonl"), (CsvReader, "in.csv")])
+@pytest.mark.parametrize(("cls", "name"), [(ValueJsonlReader, "in.jsonl"), (CsvReader, "in.csv")])
 def test_gzip_input_reads_as_the_plain_file_does(tmp_path: Path, cls: type[Reader],
                                                  name: str) -> None:
     """A .gz input gives the same ids, items and (uncompressed) offsets as the plain file."""
-    data = TITLES.read_bytes() if cls is JsonlReader else titles_csv()
+    data = TITLES.read_bytes() if cls is ValueJsonlReader else titles_csv()
     plain = tmp_path / name
     plain.write_bytes(data)
     packed = gz(tmp_path / f"{name}.gz", data)
@@ -80,17 +80,17 @@ def test_gzip_input_resume_refuses_offsets_no_line_starts_at(tmp_path: Path) -> 
     packed = gz(tmp_path / "in.jsonl.gz", TITLES.read_bytes())
     size = TITLES.stat().st_size
     with pytest.raises(FormatError, match="not at the start of a line"):
-        chunks_of(JsonlReader, packed, 10, Position(1, 5))
+        chunks_of(ValueJsonlReader, packed, 10, Position(1, 5))
     with pytest.raises(FormatError, match="outside"):
-        chunks_of(JsonlReader, packed, 10, Position(830, size + 1))
-    assert chunks_of(JsonlReader, packed, 10, Position(830, size)) == []
+        chunks_of(ValueJsonlReader, packed, 10, Position(830, size + 1))
+    assert chunks_of(ValueJsonlReader, packed, 10, Position(830, size)) == []
 
 
 def test_gzip_input_size_is_an_uncompressed_estimate(tmp_path: Path) -> None:
     """A .gz input's size is in the offsets' unit: estimated mid-file, exact at the end."""
     packed = gz(tmp_path / "in.jsonl.gz", TITLES.read_bytes() * 40)
     total = TITLES.stat().st_size * 40
-    reader = JsonlReader(packed, {})
+    reader = ValueJsonlReader(packed, {})
     assert reader.size() == packed.stat().st_size  # not open: what the disk says
     reader.open()
     half = reader.read(830 * 20).position.offset
@@ -105,7 +105,7 @@ def test_a_small_gzip_input_taken_in_at_once_is_sized_by_its_trailer(tmp_path: P
     sized by a meaningless ratio but by its gzip trailer: the true size, mid-file."""
     data = b'{"text": "the same line again"}\n' * 20_000
     packed = gz(tmp_path / "small.jsonl.gz", data)
-    reader = JsonlReader(packed, {})
+    reader = ValueJsonlReader(packed, {})
     reader.open()
     reader.read(100)
     assert reader.size() == len(data)
@@ -171,7 +171,7 @@ def test_a_corrupt_gzip_input_is_a_format_error(tmp_path: Path, kind: str) -> No
     path = tmp_path / "in.jsonl.gz"
     path.write_bytes(corruptions(data)[kind])
     with pytest.raises(FormatError, match=r"in\.jsonl\.gz is not a valid gzip file"):
-        chunks_of(JsonlReader, path, 1000)
+        chunks_of(ValueJsonlReader, path, 1000)
 
 
 def test_resume_deep_in_a_million_line_gzip_in_bounded_memory(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_resume_deep_in_a_million_line_gzip_in_bounded_memory(tmp_path: Path) ->
     near_end = Position(999_990, sum(len(line) for line in lines[:999_990]))
     path = gz(tmp_path / "big.jsonl.gz", b"".join(lines))
     del lines
-    reader = JsonlReader(path, {})
+    reader = ValueJsonlReader(path, {})
     tracemalloc.start()
     try:
         reader.open(near_end)

@@ -1,4 +1,4 @@
-"""JsonlReader and JsonlWriter on real, messy data: exact offsets, resume, truncation."""
+"""ValueJsonlReader and JsonlWriter on real, messy data: exact offsets, resume, truncation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from planchet import strictjson
 from planchet.exceptions import FormatError
 from planchet.formats import Chunk, JsonlReader, JsonlWriter, Position
 from planchet.messages import Batch, decode_server, encode
+from tests.formats import ValueJsonlReader
 
 SHARED = Path(
     os.environ.get(
@@ -24,7 +25,7 @@ TITLES = SHARED / "github_issue_titles.jsonl"
 START = Position(0, 0)
 
 
-def read_all(reader: JsonlReader, batch: int) -> list[Chunk]:
+def read_all(reader: ValueJsonlReader, batch: int) -> list[Chunk]:
     chunks = []
     while True:
         chunk = reader.read(batch)
@@ -33,8 +34,8 @@ def read_all(reader: JsonlReader, batch: int) -> list[Chunk]:
         chunks.append(chunk)
 
 
-def open_reader(path: Path, position: Position = START) -> JsonlReader:
-    reader = JsonlReader(path, {})
+def open_reader(path: Path, position: Position = START) -> ValueJsonlReader:
+    reader = ValueJsonlReader(path, {})
     reader.open(position)
     return reader
 
@@ -147,13 +148,13 @@ def test_a_garbage_file_yields_bounded_chunks(tmp_path: Path) -> None:
 def test_open_refuses_missing_files_and_impossible_offsets(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(FormatError, match=r"nope\.jsonl"):
-        JsonlReader(missing, {}).open()
+        ValueJsonlReader(missing, {}).open()
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"1\n22\n")
     with pytest.raises(FormatError, match="outside"):
-        JsonlReader(path, {}).open(Position(9, 6))
+        ValueJsonlReader(path, {}).open(Position(9, 6))
     with pytest.raises(FormatError, match="start of a line"):
-        JsonlReader(path, {}).open(Position(1, 3))
+        ValueJsonlReader(path, {}).open(Position(1, 3))
     at_end = open_reader(path, Position(2, 5))
     assert at_end.read(5) == Chunk([], [], Position(2, 5))
 
@@ -161,7 +162,7 @@ def test_open_refuses_missing_files_and_impossible_offsets(tmp_path: Path) -> No
 def test_size_and_read_before_open(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"1\n2\n")
-    reader = JsonlReader(path, {})
+    reader = ValueJsonlReader(path, {})
     assert reader.size() == 4
     with pytest.raises(FormatError, match="not open"):
         reader.read(1)
@@ -284,7 +285,7 @@ def test_a_line_over_the_cap_is_an_error_and_read_past(tmp_path: Path) -> None:
     lines = [b'"' + b"x" * 8 + b'"', b'"' + b"x" * 9 + b'"', b"1" * 500_000, b"[2]", b"3" * 11]
     raw = b"\n".join(lines)  # the last line has no newline
     path.write_bytes(raw)
-    reader = JsonlReader(path, {}, max_line_bytes=10)
+    reader = ValueJsonlReader(path, {}, max_line_bytes=10)
     reader.open()
     first = reader.read(1)
     assert first.items == [(0, "x" * 8)] and first.errors == []
@@ -296,7 +297,7 @@ def test_a_line_over_the_cap_is_an_error_and_read_past(tmp_path: Path) -> None:
     assert last == Chunk([], [(4, "line longer than 10 bytes")], Position(5, len(raw)))
     reader.close()
 
-    resumed = JsonlReader(path, {}, max_line_bytes=10)
+    resumed = ValueJsonlReader(path, {}, max_line_bytes=10)
     resumed.open(Position(2, line_ends(raw)[1]))
     chunk = resumed.read(1)
     assert chunk.items == [(3, [2])] and [e for e, _ in chunk.errors] == [2]
@@ -310,7 +311,7 @@ def test_an_endless_line_is_read_past_in_bounded_memory(tmp_path: Path) -> None:
         file.truncate(64 * 2**20)  # sparse: zeros, no newline
         file.seek(0, os.SEEK_END)
         file.write(b"\n7\n")
-    reader = JsonlReader(path, {}, max_line_bytes=2**16)
+    reader = ValueJsonlReader(path, {}, max_line_bytes=2**16)
     reader.open()
     tracemalloc.start()
     try:
@@ -322,3 +323,20 @@ def test_an_endless_line_is_read_past_in_bounded_memory(tmp_path: Path) -> None:
     assert chunk == Chunk([(1, 7)], [(0, "line longer than 65536 bytes")],
                           Position(2, path.stat().st_size))
     assert peak < 4 * 2**20
+
+
+def test_items_are_passed_on_as_the_json_text_they_were_read_as(tmp_path: Path) -> None:
+    """A line's JSON goes into a batch frame byte for byte (only the whitespace around it
+    dropped): the server never turns it into objects and back, so nothing is rewritten."""
+    lines = [b'{"b": 1.0E2,  "a": -0, "a": "\\u00e9t\\u00e9"}', b'  [1, 2.50]\t', b'"\\/"']
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\r\n".join(lines) + b"\n")
+    reader = JsonlReader(path, {})
+    reader.open()
+    items = reader.read(10).items
+    frame = encode(Batch.model_construct(job="j", lease="l", items=items, lease_timeout=1.0))
+    pairs = b",".join(b"[%d,%s]" % (i, line.strip()) for i, line in enumerate(lines))
+    assert frame == b'{"type":"batch","job":"j","lease":"l","items":[%s],"lease_timeout":1.0}' % (
+        pairs)
+    assert decode_server(frame).items == [(0, {"b": 100.0, "a": "été"}), (1, [1, 2.5]),
+                                          (2, "/")]
