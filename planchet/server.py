@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -39,13 +39,13 @@ from .messages import (
     Error,
     Goodbye,
     Hello,
-    Message,
     Welcome,
     admission,
     decode_client,
     encode,
     envelope,
 )
+from .outbox import JoinedWrites, Outbox
 from .store import Store
 from .version import __version__
 from .web import Web, tls_context
@@ -100,6 +100,7 @@ class PlanchetServer:
             logger=wire_log,
             # deflate costs more CPU than it saves on a LAN; --compression for slow links
             compression="deflate" if self.settings.compression else None,
+            create_connection=JoinedWrites,
         )
 
     @property
@@ -132,7 +133,7 @@ class PlanchetServer:
         try:
             hello = await self._greet(ws)
             if hello is not None:
-                session = self.dispatcher.connect(_sender(ws), hello, close=ws.close)
+                session = self.dispatcher.connect(Outbox(ws).send, hello, close=ws.close)
                 session.identify(hello.client, peer(ws), _origin(ws))  # for watch
                 await self._session(ws, session, hello)
         except Exception:  # a bug must cost this connection, and never pass unheard
@@ -244,16 +245,6 @@ def _error(exc: PlanchetError, data: dict[str, Any]) -> Error:
 
 class _WrongVersion(ProtocolError):
     code = "unsupported_protocol"
-
-
-def _sender(ws: ServerConnection) -> Callable[[Message], Awaitable[None]]:
-    async def send(message: Message) -> None:
-        try:
-            await ws.send(encode(message))
-        except ConnectionClosed as exc:  # the dispatcher knows no sockets: say it in our terms
-            raise ConnectionLost(f"connection closed: {exc}") from exc
-
-    return send
 
 
 async def _refuse(ws: ServerConnection, exc: PlanchetError, code: int | None = None) -> None:
