@@ -9,12 +9,15 @@ send of a turn lets the loop run the others of that turn, then hands them all to
 websockets at once, and ``JoinedWrites`` puts a connection's pending frames into one
 ``transport.write``. Order is kept, and the first sender waits for the write (and for
 flow control) as ``ServerConnection.send`` does; a send that joins it returns at once.
+If the first is cancelled while it gathers, the frames of the others are written anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -59,12 +62,30 @@ class Outbox:
         self.gathering = True
         try:
             await asyncio.sleep(0)  # the other sends of this turn add their frames
-            frames, self.frames = self.frames, []
-        finally:  # cancelled: the frames stay queued for the next send
-            self.gathering = False
+        except asyncio.CancelledError:  # the frames of the others must still go
+            _background(self._write(self._take()))
+            raise
+        await self._write(self._take())
+
+    def _take(self) -> list[bytes]:
+        frames, self.frames, self.gathering = self.frames, [], False
+        return frames
+
+    async def _write(self, frames: list[bytes]) -> None:
         try:
             async with self.ws.send_context():
                 for frame in frames:
                     self.ws.protocol.send_binary(frame)
         except ConnectionClosed as exc:  # the dispatcher knows no sockets: say it in our terms
             raise ConnectionLost(f"connection closed: {exc}") from exc
+
+
+_writes: set[asyncio.Task[None]] = set()
+
+
+def _background(write: Coroutine[Any, Any, None]) -> None:
+    """Finish a write whose sender was cancelled; a closed connection is no news."""
+    task = asyncio.ensure_future(write)
+    _writes.add(task)
+    task.add_done_callback(_writes.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
