@@ -340,3 +340,30 @@ def test_items_are_passed_on_as_the_json_text_they_were_read_as(tmp_path: Path) 
         pairs)
     assert decode_server(frame).items == [(0, {"b": 100.0, "a": "été"}), (1, [1, 2.5]),
                                           (2, "/")]
+
+
+def test_any_chunk_size_reads_what_a_line_by_line_check_finds(tmp_path: Path) -> None:
+    """The reader's fast lane (whole lines of its buffer checked at once) and its slow
+    lane (one line at a time) agree with a plain line-by-line check: the same good ids
+    and values, the same bad ids, the same end offsets, whatever the chunk size."""
+    odd = [b"0", b"false", b"null", b"[]", b"{}", b'""', b"nope", b"", b"  ", b"[1,",
+           b"18446744073709551616", b"[" * 300 + b"]" * 300, b'{"a": [1, {"b": null}]}',
+           b"\xff\xfe", b"-0.0e-0", b'"\\ud83d\\ude00"']
+    lines = [odd[i % len(odd)] if i % 5 == 0 else b'{"n": %d, "t": "%s"}' % (i, b"x" * (i % 40))
+             for i in range(3000)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected_good, expected_bad, expected_ends, end = {}, [], [], 0
+    for i, line in enumerate(lines):
+        end += len(line) + 1
+        expected_ends.append(end)
+        try:
+            expected_good[i] = strictjson.loads(line, strictjson.ITEM_MAX_DEPTH)
+        except ValueError:
+            expected_bad.append(i)
+    for size in (1, 7, 100, 1000, 5000):
+        chunks = read_all(open_reader(path), size)
+        assert all(len(c.items) <= size for c in chunks)
+        assert dict(i for c in chunks for i in c.items) == expected_good
+        assert [i for c in chunks for i, _ in c.errors] == expected_bad
+        assert [e for c in chunks for e in c.ends] == expected_ends
