@@ -111,7 +111,7 @@ class Job(JobBase):
         self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
-        group.change.leases[lease.id] = blob
+        group.change.hold(lease.id, blob, new=True)
         return lease
 
     def _next_lease_id(self) -> str:
@@ -142,7 +142,7 @@ class Job(JobBase):
         self._log_dead(group, dead)
         lease.items = pending
         if pending:
-            group.change.leases[lease.id] = pack(_packed(pending))
+            group.change.hold(lease.id, pack(_packed(pending)))
         else:
             self._end(group, lease)
         finishing = self._check_done()
@@ -185,7 +185,7 @@ class Job(JobBase):
 
     def _end(self, group: Group, lease: Lease) -> None:
         del self.leases[lease.id]
-        group.change.leases[lease.id] = None
+        group.change.end(lease.id)
         lease.owner.leases.discard(lease.id)
         lease.owner.wake()
 
@@ -215,7 +215,7 @@ class Job(JobBase):
             group = self._group()
             self._requeue(group, [(i, *lease.items.pop(i)) for i in back])
             if lease.items:
-                group.change.leases[lease.id] = pack(_packed(lease.items))
+                group.change.hold(lease.id, pack(_packed(lease.items)))
             else:
                 self._end(group, lease)
         return len(back), 0 if ids is None else asked - len(back)

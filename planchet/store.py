@@ -104,6 +104,21 @@ class Change:
     leases: dict[str, bytes | None] = field(default_factory=dict)
     queue: list[bytes | Front | None] = field(default_factory=list)
     settled_ids: list[int] = field(default_factory=list)
+    born: set[str] = field(default_factory=set)  # leases this group creates
+
+    def hold(self, lease_id: str, blob: bytes, new: bool = False) -> None:
+        """A lease's items: a ``new`` lease, or what is left of one."""
+        self.leases[lease_id] = blob
+        if new:
+            self.born.add(lease_id)
+
+    def end(self, lease_id: str) -> None:
+        """Drop a lease; one that this group creates never reaches Redis at all."""
+        if lease_id in self.born:
+            self.born.discard(lease_id)
+            del self.leases[lease_id]
+        else:
+            self.leases[lease_id] = None
 
 
 def _storage_step(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -323,11 +338,11 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             if change.fields:
                 pipe.hset(self._job(name), mapping=_fields(change.fields))
-            for lease_id, blob in change.leases.items():
-                if blob is None:
-                    pipe.hdel(self._leases(name), lease_id)
-                else:
-                    pipe.hset(self._leases(name), lease_id, blob)
+            held: dict[Any, Any] = {k: v for k, v in change.leases.items() if v is not None}
+            if held:
+                pipe.hset(self._leases(name), mapping=held)
+            if len(held) < len(change.leases):
+                pipe.hdel(self._leases(name), *(k for k, v in change.leases.items() if v is None))
             self._queue_ops(pipe, self._queue(name), change.queue)
             if change.settled_ids:
                 pipe.sadd(self._ids(name), *change.settled_ids)

@@ -161,3 +161,18 @@ async def test_a_dead_redis_raises_unavailable(
     with pytest.raises(Unavailable) as caught:
         await calls[step]()
     assert isinstance(caught.value.__cause__, redis.RedisError)
+
+
+async def test_a_lease_born_and_ended_in_one_group_never_reaches_redis(store: Store) -> None:
+    """A group that creates a lease and drops it again writes nothing of it: Redis is as
+    if the lease never was, while a lease from an earlier group is deleted."""
+    await store.create_job("j", {"spec": "s"}, FILES)
+    await store.commit("j", Change(leases={"old": pack([(1, "a", 0)])}))
+    change = Change()
+    change.hold("new", pack([(2, "b", 0)]), new=True)
+    change.hold("kept", pack([(3, "c", 0)]), new=True)
+    change.end("new")
+    change.end("old")
+    assert change.leases == {"kept": pack([(3, "c", 0)]), "old": None}
+    await store.commit("j", change)
+    assert await store.redis.hkeys("planchet:job:j:leases") == [b"kept"]
