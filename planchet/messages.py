@@ -286,19 +286,20 @@ def encode(message: Message) -> bytes:
                          ) from None
 
 
-def _parse(frame: bytes | str) -> Any:
+def _parse(frame: bytes | str, max_depth: int | None) -> Any:
     try:
-        return strictjson.loads(frame)
+        return strictjson.loads(frame, max_depth)
     except orjson.JSONDecodeError as exc:
         raise BadFrame(f"frame is not JSON: {exc}") from None
     except ValueError as exc:  # JSON, but with values that would change in transit
         raise ProtocolError(f"frame cannot be carried exactly: {exc}") from None
 
 
-def envelope(frame: bytes | str) -> dict[str, Any]:
+def envelope(frame: bytes | str, max_depth: int | None = strictjson.MAX_DEPTH) -> dict[str, Any]:
     """Parse a frame and check only what is cheap: an object with a string ``type``, and
-    lists no longer than any message allows. Full validation comes after ``admit``."""
-    data = _parse(frame)
+    lists no longer than any message allows. Full validation comes after ``admit``.
+    ``max_depth``: see ``strictjson.loads``."""
+    data = _parse(frame, max_depth)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError('a frame must be a JSON object with a string "type"')
     for key in ("items", "errors"):
@@ -354,8 +355,8 @@ def decode_client(frame: bytes | str | dict[str, Any]) -> ClientMessage:
 
 
 def decode_server(frame: bytes | str) -> ServerMessage:
-    """Parse a frame the server sent."""
-    data = envelope(frame)
+    """Parse a frame the server sent (orjson wrote it: no depth to check)."""
+    data = envelope(frame, max_depth=None)
     return (_quick_batch(data) if data["type"] == "batch" else None) or _validate(
         _server_adapter, data)
 

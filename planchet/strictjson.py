@@ -25,8 +25,11 @@ _MARKS = bytes.maketrans(b"123456789{", b"000000000[")
 _LONG_RUN = b"0" * 19
 
 
-def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept."""
+def loads(data: bytes | str, max_depth: int | None = MAX_DEPTH) -> Any:
+    """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept.
+
+    ``max_depth`` None skips the depth check, for text that orjson wrote (it cannot
+    write deeper than it can read back), such as every frame a Planchet server sends."""
     value = orjson.loads(data)
     _check(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"),
            value, max_depth)
@@ -43,14 +46,18 @@ def suspect(texts: list[bytes], max_depth: int = MAX_DEPTH) -> bool:
                                   and marks.count(b"[") > max_depth)
 
 
-def _check(raw: bytes, value: Any, max_depth: int) -> None:
+def _check(raw: bytes, value: Any, max_depth: int | None) -> None:
     marks = raw.translate(_MARKS)
-    # Valid JSON nested n deep has n openers and n closers, so short text needs no count.
-    deep = len(raw) > 2 * max_depth and marks.count(b"[") > max_depth
-    if deep and not _encodable(value, max_depth):
+    if max_depth is not None and _too_deep(marks, value, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
     if _LONG_RUN in marks:
         json.loads(raw, parse_int=_exact_int)
+
+
+def _too_deep(marks: bytes, value: Any, max_depth: int) -> bool:
+    # Valid JSON nested n deep has n openers and n closers, so short text needs no count.
+    return (len(marks) > 2 * max_depth and marks.count(b"[") > max_depth
+            and not _encodable(value, max_depth))
 
 
 def _encodable(value: Any, max_depth: int) -> bool:
