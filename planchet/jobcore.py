@@ -265,7 +265,9 @@ class JobBase:
     # --- committing -----------------------------------------------------------------------
 
     def _seal(self, group: Group) -> None:
-        """Close a group: the counters it commits are memory's as its last step left them."""
+        """Close a group: the counters and leases it commits are memory's as its last
+        step left them."""
+        group.change.seal()
         c = self.counts
         group.change.fields.update({k: c[k] for k in ("next_id", "offset", "exhausted",
                                                       "written", "failed")})

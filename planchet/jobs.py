@@ -29,7 +29,7 @@ from .messages import Ack, Item, ItemError
 from .readahead import Closed, ReadAhead
 from .report import job_report
 from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Watcher
-from .store import LeasedItem, pack, pack_leased
+from .store import LeasedItem, pack
 
 log = logging.getLogger("planchet")
 
@@ -83,7 +83,10 @@ class Job(JobBase):
     def _lease_queued(self, group: Group, owner: Watcher, n: int,
                       budget: Budget | None) -> Lease | None:
         taken = take_queued(self.queue, group.change, n, budget)
-        return None if taken is None else self._hold(group, *taken, owner)
+        if taken is None:
+            return None
+        blob, items = taken
+        return self._hold(group, {i: (item, tries) for i, item, tries in items}, owner, blob)
 
     def _lease_fresh(self, group: Group, owner: Watcher, n: int,
                      budget: Budget | None) -> Lease | None:
@@ -96,22 +99,23 @@ class Job(JobBase):
         if taken is None:
             return None
         self.counts["next_id"], self.counts["offset"] = taken.next_id, taken.end
-        blob, items, unencodable = pack_leased(taken.items)
-        self._log_dead(group, [(i, why, 0) for i, why in [*taken.bad, *unencodable]])
-        return self._hold(group, blob, items, owner) if items else None
+        self._log_dead(group, [(i, why, 0) for i, why in taken.bad])
+        if not taken.items:
+            return None
+        return self._hold(group, {i: (item, 0) for i, item in taken.items}, owner)
 
-    def _hold(self, group: Group, blob: bytes, items: list[LeasedItem], owner: Watcher) -> Lease:
-        lease = Lease(
-            self._next_lease_id(),
-            {i: (item, attempts) for i, item, attempts in items},
-            owner,
-            time.monotonic() + self.spec.lease_timeout,
-            time.monotonic(),
-        )
+    def _hold(self, group: Group, items: dict[int, tuple[Any, int]], owner: Watcher,
+              blob: bytes | None = None) -> Lease:
+        """A new lease of ``items`` (id -> item, attempts). Fresh items are packed for
+        Redis only if the lease outlives its group (most are settled within it); the
+        readers yield only items orjson can write, so packing them cannot fail."""
+        now = time.monotonic()
+        lease = Lease(self._next_lease_id(), items, owner, now + self.spec.lease_timeout, now)
         self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
-        group.change.hold(lease.id, blob, new=True)
+        later = lambda: pack(_packed(lease.items))  # noqa: E731
+        group.change.hold(lease.id, later if blob is None else blob, new=True)
         return lease
 
     def _next_lease_id(self) -> str:

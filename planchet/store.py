@@ -91,6 +91,9 @@ class Front:
     blob: bytes
 
 
+Blob = bytes | Callable[[], bytes]  # a lease's items packed, or what packs them
+
+
 @dataclass
 class Change:
     """What a group of a job's steps changed, committed as one MULTI/EXEC.
@@ -101,16 +104,24 @@ class Change:
     """
 
     fields: dict[str, Any] = field(default_factory=dict)
-    leases: dict[str, bytes | None] = field(default_factory=dict)
+    leases: dict[str, Blob | None] = field(default_factory=dict)
     queue: list[bytes | Front | None] = field(default_factory=list)
     settled_ids: list[int] = field(default_factory=list)
     born: set[str] = field(default_factory=set)  # leases this group creates
 
-    def hold(self, lease_id: str, blob: bytes, new: bool = False) -> None:
-        """A lease's items: a ``new`` lease, or what is left of one."""
+    def hold(self, lease_id: str, blob: Blob, new: bool = False) -> None:
+        """A lease's items: a ``new`` lease, or what is left of one; packed, or a
+        function that packs them when the group is sealed."""
         self.leases[lease_id] = blob
         if new:
             self.born.add(lease_id)
+
+    def seal(self) -> None:
+        """Pack the leases left to pack, as the group's last step left them: call it
+        when the group closes, before any later step can change them."""
+        for lease_id, blob in self.leases.items():
+            if callable(blob):
+                self.leases[lease_id] = blob()
 
     def end(self, lease_id: str) -> None:
         """Drop a lease; one that this group creates never reaches Redis at all."""
@@ -338,6 +349,7 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             if change.fields:
                 pipe.hset(self._job(name), mapping=_fields(change.fields))
+            change.seal()  # a no-op when the job sealed it; a direct caller's safety
             held: dict[Any, Any] = {k: v for k, v in change.leases.items() if v is not None}
             if held:
                 pipe.hset(self._leases(name), mapping=held)

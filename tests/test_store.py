@@ -176,3 +176,19 @@ async def test_a_lease_born_and_ended_in_one_group_never_reaches_redis(store: St
     assert change.leases == {"kept": pack([(3, "c", 0)]), "old": None}
     await store.commit("j", change)
     assert await store.redis.hkeys("planchet:job:j:leases") == [b"kept"]
+
+
+async def test_a_lease_packed_late_is_packed_as_its_group_left_it(store: Store) -> None:
+    """A fresh lease is packed when its group is sealed, not when it is leased nor when
+    Redis is written: a later group's step (a settle while this group's file append is
+    under way) must not leak into this group's commit."""
+    await store.create_job("j", {"spec": "s"}, FILES)
+    items = {1: ("a", 0), 2: ("b", 0)}
+    change = Change()
+    change.hold("l", lambda: pack([(i, x, n) for i, (x, n) in items.items()]), new=True)
+    items[3] = ("c", 0)  # a step of the same group: it counts
+    change.seal()
+    del items[1]  # a step of the next group: it does not
+    await store.commit("j", change)
+    assert unpack(await store.redis.hget("planchet:job:j:leases", "l")) == [
+        (1, "a", 0), (2, "b", 0), (3, "c", 0)]
