@@ -444,8 +444,13 @@ def _result_dict(m: Any) -> dict[str, Any]:
             "token": m.token}
 
 
+def _ack_dict(m: Any) -> dict[str, Any]:
+    return {"type": "ack", "job": m.job, "lease": m.lease, "written": m.written,
+            "retried": m.retried, "failed": m.failed, "dropped": m.dropped}
+
+
 def _status_dict(m: Any) -> dict[str, Any]:
     return {"type": "status", "time": m.time, "server": m.server, "jobs": m.jobs}
 
 
-_FAST_ENCODE = {Batch: _batch_dict, Result: _result_dict, Status: _status_dict}
+_FAST_ENCODE = {Batch: _batch_dict, Result: _result_dict, Ack: _ack_dict, Status: _status_dict}

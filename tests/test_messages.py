@@ -23,6 +23,7 @@ from planchet.messages import (
     Result,
     ServerCommand,
     StartJob,
+    Status,
     Welcome,
     decode_client,
     decode_server,
@@ -277,3 +278,17 @@ def test_ids_numbers_and_flags_are_not_coerced(frame: bytes) -> None:
 def test_a_lease_timeout_may_be_a_json_integer() -> None:
     msg = decode_client(b'{"type": "start_job", "id": 1, "job": "j", "lease_timeout": 30}')
     assert msg.lease_timeout == 30.0
+
+
+def test_the_fast_encoders_write_what_the_models_would() -> None:
+    """Batch, Result, Ack and Status skip pydantic on the way out; each must write the
+    JSON that ``model_dump`` would, so a field added to a model cannot go missing."""
+    samples = [
+        Batch(job="j", lease="l", items=[(0, {"a": [1]}), (1, "x")], lease_timeout=5.0),
+        Result(job="j", lease="l", items=[(0, 1)], errors=[ItemError(id=1, message="m")],
+               token="t"),
+        Ack(job="j", lease=None, written=3, retried=1, failed=2, dropped=4),
+        Status(time=1.5, server={"version": "1"}, jobs=[{"job": "j"}]),
+    ]
+    for message in samples:
+        assert orjson.loads(encode(message)) == orjson.loads(orjson.dumps(message.model_dump()))
