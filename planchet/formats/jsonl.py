@@ -49,6 +49,22 @@ def _nth_newline(data: bytes, n: int) -> int:
     return at
 
 
+def _usable(lines: list[bytes], cap: int) -> int:
+    """How many of ``lines`` (newlines cut off), from the first, are at most ``cap``
+    bytes and JSON to orjson: the fast lane takes those, the slow lane the next one."""
+    if lines and max(map(len, lines)) > cap:
+        lines = lines[:next(k for k, line in enumerate(lines) if len(line) > cap)]
+    try:  # all of them, in one pass of C: the usual case
+        collections.deque(map(orjson.loads, lines), maxlen=0)
+    except orjson.JSONDecodeError:
+        for k, line in enumerate(lines):  # the first bad one, found once
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return k
+    return len(lines)
+
+
 class JsonlReader(Reader):
     """Reads one JSON document per line."""
 
@@ -68,25 +84,21 @@ class JsonlReader(Reader):
         return Chunk(items, errors, Position(self._next_id, self._offset), got.ends)
 
     def _read_block(self, n: int, got: _Got) -> bool:
-        """The fast lane: the whole lines already in the read buffer (at most ``n``),
-        each checked by orjson in one pass of C. False when it does not apply (gzip,
-        the file's first line, a line longer than the buffer, a bad line: the slow lane
-        reads those one by one)."""
+        """The fast lane: the whole lines already in the read buffer (at most ``n``) up
+        to the first that needs the slow lane (too long, or not JSON), checked by orjson
+        in one pass of C. False when none can be taken so (gzip, the file's first line,
+        no whole line buffered, a first line that needs the slow lane)."""
         file = self._file
         if self._gzip is not None or self._offset == 0 or not isinstance(file, io.BufferedReader):
             return False
         try:
             buffered = file.peek(READ_BUFFER)
-            cut = _nth_newline(buffered, n) + 1
-            if not cut or cut > self.max_line_bytes:
-                return False
-            lines = buffered[:cut].split(b"\n")
+            lines = buffered[:_nth_newline(buffered, n) + 1].split(b"\n")
             lines.pop()  # what follows the last newline
-            try:  # raises at the first line that is not JSON
-                collections.deque(map(orjson.loads, lines), maxlen=0)
-            except orjson.JSONDecodeError:
+            del lines[_usable(lines, self.max_line_bytes):]
+            if not lines:
                 return False
-            file.read(cut)
+            file.read(sum(map(len, lines)) + len(lines))
         except OSError as exc:
             raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         first, self._next_id = self._next_id, self._next_id + len(lines)

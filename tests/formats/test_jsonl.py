@@ -1,4 +1,4 @@
-"""ValueJsonlReader and JsonlWriter on real, messy data: exact offsets, resume, truncation."""
+"""JsonlReader and JsonlWriter on real, messy data: exact offsets, resume, truncation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -25,7 +26,7 @@ TITLES = SHARED / "github_issue_titles.jsonl"
 START = Position(0, 0)
 
 
-def read_all(reader: ValueJsonlReader, batch: int) -> list[Chunk]:
+def read_all(reader: JsonlReader, batch: int) -> list[Chunk]:
     chunks = []
     while True:
         chunk = reader.read(batch)
@@ -367,3 +368,31 @@ def test_any_chunk_size_reads_what_a_line_by_line_check_finds(tmp_path: Path) ->
         assert dict(i for c in chunks for i in c.items) == expected_good
         assert [i for c in chunks for i, _ in c.errors] == expected_bad
         assert [e for c in chunks for e in c.ends] == expected_ends
+
+
+class CountingReader(JsonlReader):
+    """Counts the lines the slow lane (one line at a time) reads."""
+
+    slow = 0
+
+    def _read_line(self, got: Any) -> bool:
+        self.slow += 1
+        return super()._read_line(got)
+
+
+@pytest.mark.parametrize("bad", [b"", b"not json", b'"' + b"x" * 300 + b'"'])
+def test_a_line_the_fast_lane_cannot_take_costs_it_one_line_not_the_rest(
+    tmp_path: Path, bad: bytes
+) -> None:
+    """Lines before a bad or too long one are still taken in bulk: the slow lane reads
+    the first line of the file, the odd ones and a line cut by the end of a buffer,
+    never the good lines around them (it once re-read a block per bad line)."""
+    lines = [bad if i % 1000 == 999 else b'{"n": %d}' % i for i in range(20_000)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reader = CountingReader(path, {}, max_line_bytes=200)
+    reader.open()
+    chunks = read_all(reader, 1000)
+    assert sum(len(c.ends) for c in chunks) == 20_000
+    buffers = path.stat().st_size // 65536 + 1
+    assert reader.slow <= 1 + 20 + buffers + len(chunks)
