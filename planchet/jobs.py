@@ -114,8 +114,10 @@ class Job(JobBase):
         self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
-        later = lambda: pack(_packed(lease.items))  # noqa: E731
-        group.change.hold(lease.id, later if blob is None else blob, new=True)
+        def packed() -> bytes:
+            return pack(_packed(lease.items))
+
+        group.change.hold(lease.id, packed if blob is None else blob, new=True)
         return lease
 
     def _next_lease_id(self) -> str:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .exceptions import ConnectionLost
 from .messages import Message, encode
+from .sessions import spawn
 
 
 class JoinedWrites(ServerConnection):
@@ -63,7 +62,7 @@ class Outbox:
         try:
             await asyncio.sleep(0)  # the other sends of this turn add their frames
         except asyncio.CancelledError:  # the frames of the others must still go
-            _background(self._write(self._take()))
+            spawn(self._write(self._take()))
             raise
         await self._write(self._take())
 
@@ -78,14 +77,3 @@ class Outbox:
                     self.ws.protocol.send_binary(frame)
         except ConnectionClosed as exc:  # the dispatcher knows no sockets: say it in our terms
             raise ConnectionLost(f"connection closed: {exc}") from exc
-
-
-_writes: set[asyncio.Task[None]] = set()
-
-
-def _background(write: Coroutine[Any, Any, None]) -> None:
-    """Finish a write whose sender was cancelled; a closed connection is no news."""
-    task = asyncio.ensure_future(write)
-    _writes.add(task)
-    task.add_done_callback(_writes.discard)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -98,7 +98,9 @@ Blob = bytes | Callable[[], bytes]  # a lease's items packed, or what packs them
 class Change:
     """What a group of a job's steps changed, committed as one MULTI/EXEC.
 
-    ``leases`` maps a lease id to its items (packed), or to None to drop it; ``queue``
+    ``leases`` maps a lease id to its items (packed; until ``seal``, possibly a function
+    that packs them), or to None to drop it; a lease the group both creates and ends is
+    left out (``born``, ``end``). ``queue``
     lists, in the order the steps made them, a batch pushed at the tail (its packed
     items), None for a batch popped from the head, or a ``Front`` pushed at the head.
     """
@@ -349,8 +351,9 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             if change.fields:
                 pipe.hset(self._job(name), mapping=_fields(change.fields))
-            change.seal()  # a no-op when the job sealed it; a direct caller's safety
             held: dict[Any, Any] = {k: v for k, v in change.leases.items() if v is not None}
+            if any(callable(blob) for blob in held.values()):  # packed now, it could hold
+                raise ValueError("commit of an unsealed change")  # a later group's steps
             if held:
                 pipe.hset(self._leases(name), mapping=held)
             if len(held) < len(change.leases):

@@ -192,3 +192,15 @@ async def test_a_lease_packed_late_is_packed_as_its_group_left_it(store: Store) 
     await store.commit("j", change)
     assert unpack(await store.redis.hget("planchet:job:j:leases", "l")) == [
         (1, "a", 0), (2, "b", 0), (3, "c", 0)]
+
+
+async def test_a_change_not_sealed_is_refused_and_writes_nothing(store: Store) -> None:
+    """Packing at commit time could take in a later group's steps: a lease still left to
+    pack is a bug of the caller, refused loudly, with nothing written."""
+    await store.create_job("j", {"spec": "s"}, FILES)
+    change = Change(fields={"written": 5})
+    change.hold("l", lambda: pack([(1, "a", 0)]), new=True)
+    with pytest.raises(ValueError, match="unsealed"):
+        await store.commit("j", change)
+    assert await store.redis.hkeys("planchet:job:j:leases") == []
+    assert await store.redis.hget("planchet:job:j", "written") is None
