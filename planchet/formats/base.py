@@ -83,6 +83,7 @@ class Reader(abc.ABC):
         self._gzip: GzipInput | None = None  # the same stream as ``_file``, if gzip
         self._next_id = 0
         self._offset = 0
+        self._probe = bytearray()  # scratch for ``cached``
 
     @abc.abstractmethod
     def open(self, position: Position = START) -> None:
@@ -105,10 +106,29 @@ class Reader(abc.ABC):
         except OSError as exc:
             raise FormatError(f"cannot stat {self.path}: {exc.strerror or exc}") from exc
 
+    def cached(self, nbytes: int) -> bool:
+        """Whether the next ``nbytes`` of the file (or all that is left of it) are in the
+        page cache, so that reading them cannot wait for the disk: an ``RWF_NOWAIT`` read
+        of them says so. False when it cannot tell: a gzip file, or no ``RWF_NOWAIT``."""
+        nowait = getattr(os, "RWF_NOWAIT", None)
+        if self._file is None or self._gzip is not None or nowait is None:
+            return False
+        try:
+            fd = self._file.fileno()
+            want = min(nbytes, os.fstat(fd).st_size - self._offset)
+            if want <= 0:
+                return True  # at the end: a read returns at once
+            if len(self._probe) < want:
+                self._probe = bytearray(want)
+            return os.preadv(fd, [memoryview(self._probe)[:want]], self._offset, nowait) == want
+        except OSError:  # EAGAIN: not all cached; anything else, the read will say
+            return False
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = self._gzip = None
+        self._probe = bytearray()
 
     def _open_at(self, offset: int) -> IO[bytes]:
         """Open for binary reading at ``offset``, refusing offsets the file cannot have.
