@@ -357,8 +357,8 @@ def decode_client(frame: bytes | str | dict[str, Any]) -> ClientMessage:
 def decode_server(frame: bytes | str) -> ServerMessage:
     """Parse a frame the server sent (orjson wrote it: no depth to check)."""
     data = envelope(frame, max_depth=None)
-    return (_quick_batch(data) if data["type"] == "batch" else None) or _validate(
-        _server_adapter, data)
+    quick = _QUICK_DECODE.get(data["type"])
+    return (quick(data) if quick else None) or _validate(_server_adapter, data)
 
 
 # --- the fast lane: batches and results, sent by the thousand -----------------------------
@@ -369,6 +369,8 @@ _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RESULT_KEYS = frozenset({"type", "job", "lease", "items", "errors", "token"})
 _BATCH_KEYS = frozenset({"type", "job", "lease", "items", "lease_timeout"})
 _ERROR_KEYS = frozenset({"id", "message", "retry"})
+_ACK_COUNTS = ("written", "retried", "failed", "dropped")
+_ACK_KEYS = frozenset({"type", "job", "lease", *_ACK_COUNTS})
 
 
 def _items(value: Any, kinds: tuple[type, ...] = (list,)) -> list[Item] | None:
@@ -416,6 +418,18 @@ def _quick_batch(data: dict[str, Any]) -> Batch | None:
         return None
     return Batch.model_construct(job=data["job"], lease=data["lease"], items=items,
                                  lease_timeout=data["lease_timeout"])
+
+
+def _quick_ack(data: dict[str, Any]) -> Ack | None:
+    if (data.keys() != _ACK_KEYS or not _text(data["job"], False) or not _text(data["lease"])
+            or any(type(data[k]) is not int for k in _ACK_COUNTS)):
+        return None
+    return Ack.model_construct(job=data["job"], lease=data["lease"], written=data["written"],
+                               retried=data["retried"], failed=data["failed"],
+                               dropped=data["dropped"])
+
+
+_QUICK_DECODE = {"batch": _quick_batch, "ack": _quick_ack}
 
 
 def make_result(job: str, lease: str | None, items: list[Any],

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from planchet.exceptions import BadFrame, ProtocolError
 from planchet.messages import (
@@ -22,6 +25,7 @@ from planchet.messages import (
     Reply,
     Result,
     ServerCommand,
+    ServerMessage,
     StartJob,
     Status,
     Welcome,
@@ -292,3 +296,34 @@ def test_the_fast_encoders_write_what_the_models_would() -> None:
     ]
     for message in samples:
         assert orjson.loads(encode(message)) == orjson.loads(orjson.dumps(message.model_dump()))
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "ack", "job": "j", "lease": "l", "written": 3, "retried": 1, "failed": 2,
+     "dropped": 4},
+    {"type": "ack", "job": "j", "lease": None, "written": 3, "retried": 0, "failed": 0,
+     "dropped": 0},
+    {"type": "ack", "job": "j", "lease": "l", "written": 3},  # defaults: the model's
+    {"type": "ack", "job": "j", "lease": "l", "written": True, "retried": 0, "failed": 0,
+     "dropped": 0},
+    {"type": "ack", "job": "j", "lease": "l", "written": 1.0, "retried": 0, "failed": 0,
+     "dropped": 0},
+    {"type": "ack", "job": "j", "lease": 7, "written": 1, "retried": 0, "failed": 0,
+     "dropped": 0},
+    {"type": "ack", "job": "j", "lease": "l", "written": 1, "retried": 0, "failed": 0,
+     "dropped": 0, "extra": 1},
+    {"type": "batch", "job": "j", "lease": "l", "items": [[0, {"a": 1}]], "lease_timeout": 5.0},
+    {"type": "batch", "job": "j", "lease": "l", "items": [[0, 1]], "lease_timeout": 5},
+    {"type": "batch", "job": "j", "lease": "l", "items": [["0", 1]], "lease_timeout": 5.0},
+])
+def test_the_fast_decoders_read_what_the_models_would(frame: dict[str, Any]) -> None:
+    """Batches and acks skip pydantic on the way in when their fields are plainly right;
+    anything else goes to the model, so both ways give the same message or refuse."""
+    try:
+        expected = TypeAdapter(ServerMessage).validate_python(frame)
+    except ValidationError:
+        with pytest.raises(ProtocolError):
+            decode_server(orjson.dumps(frame))
+        return
+    got = decode_server(orjson.dumps(frame))
+    assert type(got) is type(expected) and encode(got) == encode(expected)

@@ -26,6 +26,7 @@ from planchet.exceptions import FormatError
 from planchet.formats.base import READ_BUFFER, START, Chunk, Position, Reader, Writer, skip_line
 
 BOM = b"\xef\xbb\xbf"
+_PLUS_NEWLINE = (1).__add__  # a line's size with its newline, in C
 
 
 @dataclass
@@ -102,8 +103,7 @@ class JsonlReader(Reader):
         except OSError as exc:
             raise FormatError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         first, self._next_id = self._next_id, self._next_id + len(lines)
-        got.ends += itertools.accumulate(map(len, lines), lambda end, size: end + size + 1,
-                                         initial=self._offset)
+        got.ends += itertools.accumulate(map(_PLUS_NEWLINE, map(len, lines)), initial=self._offset)
         del got.ends[-len(lines) - 1]  # the offset the block starts at
         self._offset = got.ends[-1]
         got.items += zip(range(first, self._next_id), map(orjson.Fragment, map(bytes.strip, lines)),
