@@ -1,7 +1,11 @@
 """A Planchet benchmark worker: count the words of each item, as the ceiling's worker does.
 
-    worker.py async URL BATCH JOB [JOB...]   # AsyncPlanchetClient, prefetch 2 per job
-    worker.py blocking URL BATCH JOB         # PlanchetClient's get/send loop
+    worker.py async URL BATCH JOB [JOB...]   # AsyncPlanchetClient.batches, prefetch 2 per job
+    worker.py blocking URL BATCH JOB         # PlanchetClient.batches, prefetch 2
+    worker.py original URL BATCH JOB         # PlanchetClient's get/send loop (the original API)
+
+Both push workers ack with ``ack_nowait``: results go out and the worker goes on at once,
+as the ceiling's worker does; the original loop waits for each ``send``'s answer.
 
 It connects, prints ``ready``, waits for a line on stdin (``go``), then consumes until
 every job it was given is done, and prints one JSON line: ``first`` (when the first
@@ -38,7 +42,7 @@ class Tally:
 async def consume(client: AsyncPlanchetClient, job: str, batch: int, tally: Tally) -> None:
     async for work in client.batches(job, prefetch=2, batch_size=batch):
         tally.got(len(work.items))
-        await work.ack([(i, common.work(item)) for i, item in work.items])
+        work.ack_nowait([(i, common.work(item)) for i, item in work.items])
 
 
 async def run_async(url: str, batch: int, jobs: list[str]) -> None:
@@ -50,17 +54,22 @@ async def run_async(url: str, batch: int, jobs: list[str]) -> None:
         tally.report()
 
 
-def run_blocking(url: str, batch: int, job: str) -> None:
+def run_blocking(url: str, batch: int, job: str, original: bool) -> None:
     tally = Tally()
     with PlanchetClient(url) as client:
         client.get_job_report(job)  # connected
         print("ready", flush=True)
         sys.stdin.readline()
-        items: list[Any] = client.get(job, batch)
-        while items:
-            tally.got(len(items))
-            client.send(job, [(i, common.work(item)) for i, item in items])
-            items = client.get(job, batch)
+        if original:
+            items: list[Any] = client.get(job, batch)
+            while items:
+                tally.got(len(items))
+                client.send(job, [(i, common.work(item)) for i, item in items])
+                items = client.get(job, batch)
+        else:
+            for work in client.batches(job, prefetch=2, batch_size=batch):
+                tally.got(len(work.items))
+                work.ack_nowait([(i, common.work(item)) for i, item in work.items])
         tally.report()
 
 
@@ -69,7 +78,7 @@ def main() -> None:
     if kind == "async":
         asyncio.run(run_async(url, batch, jobs))
     else:
-        run_blocking(url, batch, jobs[0])
+        run_blocking(url, batch, jobs[0], original=kind == "original")
 
 
 if __name__ == "__main__":

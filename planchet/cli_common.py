@@ -6,7 +6,8 @@ import argparse
 import os
 import ssl
 
-from .client import DEFAULT_URL, PlanchetClient
+from .client import PlanchetClient
+from .connecting import DEFAULT_URL
 from .exceptions import PlanchetError
 
 

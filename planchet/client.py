@@ -20,26 +20,36 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
-from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from .connecting import (
+    DEFAULT_URL,
+    FAILURES,
+    close_code,
+    forget_released,
+    refusal,
+    retry_after,
+    tls_options,
+    websocket_url,
+)
 from .exceptions import (
-    AuthError,
-    CircuitOpen,
     ConnectionLost,
     PlanchetError,
     ProtocolError,
     Unavailable,
 )
 from .messages import (
+    Ack,
     Batch,
     Credit,
     Extend,
     Grant,
+    Item,
     ItemError,
     JobCommand,
     Message,
@@ -54,87 +64,30 @@ from .messages import (
 from .progress import ProgressOption, make_callback
 from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
 
-DEFAULT_URL = "ws://127.0.0.1:5005"
 T = TypeVar("T")
-FAILURES = (OSError, TimeoutError, WebSocketException)  # what a connection attempt may raise
 
 
-def websocket_url(url: str) -> str:
-    """Accept the original's ``http://host:port`` as well as ``ws://`` URLs."""
-    url = url.strip()
-    for old, new in (("http://", "ws://"), ("https://", "wss://")):
-        if url.startswith(old):
-            return new + url[len(old):]
-    return url if "://" in url else "ws://" + url
+@dataclass
+class WorkBatch:
+    """A leased batch from ``PlanchetClient.batches``; ``ack`` sends its results (all at
+    once or in parts)."""
 
+    client: PlanchetClient = field(repr=False)
+    job: str
+    lease: str
+    items: list[Item]
+    lease_timeout: float
 
-def refusal(url: str, exc: Exception) -> PlanchetError | None:
-    """The error to raise for a failed connection attempt; None if it is worth retrying.
+    def ack(self, results: list[Item], errors: list[ItemError] | None = None) -> Ack:
+        """Send the results and wait for the server's ack: what became of them."""
+        return self.client.send_results(self.job, self.lease, results, errors)
 
-    Network errors, an EOF or garbage during the handshake, a close before the welcome,
-    429 and 5xx (the server is restarting or overloaded) are retried; 401 and 403 (a
-    refused origin or credentials) and any other status are final.
-    """
-    if isinstance(exc, InvalidURI):
-        return ConnectionLost(f"invalid URL {url!r}: {exc}")
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ConnectionLost(
-            f"{url}: the server's TLS certificate is not trusted ({exc.verify_message}); "
-            f"pass ssl=ssl.create_default_context(cafile=...) (planchet: --ca-file)")
-    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
-        return ConnectionLost(f"TLS with {url} failed: {exc.reason or exc}")
-    if not isinstance(exc, InvalidStatus):
-        return None
-    status = exc.response.status_code
-    if status == 429 or status >= 500:
-        return None
-    body = exc.response.body.decode("utf-8", "replace").strip()[:200] if exc.response.body else ""
-    text = f"{url} refused the connection: HTTP {status}{': ' + body if body else ''}"
-    return AuthError(text) if status in (401, 403) else ConnectionLost(text)
-
-
-def forget_released(session: ClientSession, job: str, lease: str, ids: list[int] | None) -> None:
-    """The released items of ``lease`` are no longer held here (None: all of them)."""
-    held = session.held[job]
-    if ids is None:
-        held.pop(lease, None)
-    elif lease in held:
-        held[lease].difference_update(ids)
-        if not held[lease]:
-            del held[lease]
-
-
-def tls_options(url: str, context: ssl.SSLContext | None) -> dict[str, Any]:
-    """``connect``'s ``ssl`` argument: the caller's context, for wss:// URLs only."""
-    return {"ssl": context} if context is not None and url.startswith("wss://") else {}
-
-
-def retry_after(exc: Exception) -> float:
-    """The seconds a 429 or 503 response asks the client to wait (0 if it does not say)."""
-    if not isinstance(exc, InvalidStatus):
-        return 0.0
-    try:
-        return max(0.0, float(exc.response.headers.get("Retry-After", 0)))
-    except ValueError:  # an HTTP date: the backoff will do
-        return 0.0
-
-
-def close_code(exc_type: type[BaseException] | None) -> tuple[int, str]:
-    """How a ``with`` block's end closes the connection.
-
-    1000 for a normal end and 1001 for a stop (Ctrl-C, exit, cancel): the server
-    requeues the leases without charging an attempt. 1011 when the worker's code
-    raised: the server charges the attempt, so a poison item reaches the error file.
-    1000 too when the worker's circuit breaker stopped it: it failed what it worked on
-    already, and the batches it holds were not its fault.
-    """
-    if exc_type is None:
-        return 1000, ""
-    if issubclass(exc_type, CircuitOpen):
-        return 1000, "worker stopped: circuit open"
-    if not issubclass(exc_type, Exception):
-        return 1001, "worker stopped"
-    return 1011, f"worker failed: {exc_type.__name__}"[:123]
+    def ack_nowait(self, results: list[Item], errors: list[ItemError] | None = None) -> None:
+        """Send the results and go on at once, without waiting for the server's ack (the
+        fastest way to consume a job). The ack still counts for ``progress`` and the
+        breaker; an error in its place ends ``batches`` with that error. Results that
+        cannot be sent as JSON raise here, as ``ack`` would."""
+        self.client.send_results_nowait(self.job, self.lease, results, errors)
 
 
 class PlanchetClient:
@@ -195,7 +148,9 @@ class PlanchetClient:
         return ws
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection (1000: the server requeues what it held, uncharged)."""
+        """Close the connection (1000: the server requeues what it held, uncharged); what
+        is queued to send leaves first."""
+        self._send_queued()
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(*FAILURES):
@@ -214,6 +169,7 @@ class PlanchetClient:
         A dropped connection is re-opened with backoff; the session then sends again
         what is still pending, and answers results for old leases as dropped.
         """
+        self._send_queued()
         while (value := ready()) is None:
             ws = self._connection()
             try:
@@ -224,12 +180,27 @@ class PlanchetClient:
                 self.close()
                 raise ConnectionLost(f"no answer from {self.url} within {self.timeout} s") from exc
             except FAILURES:
-                self._ws = None
-                check_close(ws.close_code)
-                self._session.disconnected()
+                self._dropped(ws)
                 continue
             self._session.receive(frame)
         return value
+
+    def _send_queued(self) -> None:
+        """Send what the session queued, if connected; a failure is left for the next
+        wait to see (the session sends again what is pending on the next connection)."""
+        ws = self._ws
+        if ws is None or not self._session.outbox:
+            return
+        try:
+            for message in self._session.take_outbox():
+                ws.send(encode(message))
+        except FAILURES:
+            self._dropped(ws)
+
+    def _dropped(self, ws: ClientConnection) -> None:
+        self._ws = None
+        check_close(ws.close_code)
+        self._session.disconnected()
 
     def _wait(self, key: int) -> Any:
         """The answer filed under ``key``; error answers raise."""
@@ -319,15 +290,10 @@ class PlanchetClient:
         groups = self._by_lease(job, [*results, *errors])
         total = collections.Counter({"written": 0, "retried": 0, "failed": 0, "dropped": 0})
         for lease, ids in groups.items():
-            message = make_result(
+            ack = self.send_results(
                 job, lease, [(i, results[i]) for i in ids if i in results],
                 [ItemError(id=i, message=errors[i], retry=retry) for i in ids if i in errors],
-                token or self.token,
-            )
-            try:
-                ack = self._wait(self._session.result(message))
-            except Unavailable:  # not taken: the items are requeued when the job reloads
-                ack = dropped(message)
+                token)
             total.update(ack.model_dump(include={"written", "retried", "failed", "dropped"}))
         return dict(total)
 
@@ -349,6 +315,53 @@ class PlanchetClient:
                     del leases[i]
             groups[lease].append(i)
         return groups
+
+    # --- the push API, name for name as ``AsyncPlanchetClient``'s -------------------------
+
+    def batches(self, job: str, prefetch: int = 2, batch_size: int | None = None,
+                token: str | None = None, max_batch_bytes: int | None = None,
+                progress: ProgressOption = None) -> Iterator[WorkBatch]:
+        """Batches of ``job`` as the server pushes them, until the job is done.
+
+        ``prefetch`` batches are leased to this worker at a time, so the server sends the
+        next while this one is worked on; acked with ``ack_nowait``, the worker never
+        waits for the server. ``max_batch_bytes`` and ``progress``: as
+        ``AsyncPlanchetClient.batches``.
+        """
+        session = self._session
+        callback = make_callback(progress)
+        if callback is not None:
+            session.track(job, callback, token or self.token)
+        session.credit(Credit(job=job, batches=prefetch, batch_size=batch_size,
+                              max_batch_bytes=max_batch_bytes, token=token or self.token))
+        try:
+            while isinstance(got := self._until(lambda: session.take_batch(job)), Batch):
+                session.progress(job)
+                yield WorkBatch(self, got.job, got.lease, got.items, got.lease_timeout)
+        finally:
+            session.uncredit(job)
+            session.progress(job, final=True)
+
+    def send_results(self, job: str, lease: str | None, results: list[Item],
+                     errors: list[ItemError] | None = None, token: str | None = None) -> Ack:
+        """Send results (and errors) for ``lease``; the server's ack says what became of
+        them."""
+        message = make_result(job, lease, results, errors, token or self.token)
+        try:
+            return self._wait(self._session.result(message))
+        except Unavailable:  # not taken: the items are requeued when the job reloads
+            return dropped(message)
+
+    def send_results_nowait(self, job: str, lease: str | None, results: list[Item],
+                            errors: list[ItemError] | None = None,
+                            token: str | None = None) -> None:
+        """``send_results`` without waiting for the ack (see ``WorkBatch.ack_nowait``)."""
+        message = make_result(job, lease, results, errors, token or self.token)
+        encode(message)  # what JSON cannot carry raises here, not in a later send
+        self._session.unwatch(self._session.result(message))
+        self._send_queued()
+
+    # --- leases -------------------------------------------------------------------------
 
     def release(self, job: str, lease: str, ids: list[int] | None = None,
                 token: str | None = None) -> dict[str, Any]:

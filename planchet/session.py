@@ -32,6 +32,7 @@ from .exceptions import (
     JobNotFound,
     PlanchetError,
     ProtocolError,
+    Unavailable,
     error_from_code,
 )
 from .messages import (
@@ -117,6 +118,7 @@ class ClientSession:
         self.pending: dict[int, Message] = {}  # requests and results not yet answered
         self.answers: dict[int, Answer] = {}
         self.abandoned: set[int] = set()  # the caller gave up: its answer is thrown away
+        self.unwatched: set[int] = set()  # results nobody waits for: answers counted only
         self.credits: dict[str, Credit] = {}  # the jobs being consumed, sent on each connect
         self.stale: dict[str, set[int]] = {}  # unsettled leases of dropped connections
         self.trackers: dict[str, Tracker] = {}  # job -> its progress, for a callback
@@ -267,6 +269,17 @@ class ClientSession:
         else:
             del self.pending[key]
 
+    def unwatch(self, key: int) -> None:
+        """Nobody will wait for the answer to the result filed under ``key``: when it
+        comes it is counted (progress, breaker) and thrown away, but an error that is not
+        a mere ``unavailable`` (its items come back when the job reloads) ends the job's
+        batches. The result is sent, and sent again after a reconnect, as any other."""
+        answer = self.answers.pop(key, None)
+        if answer is not None:
+            self._unwatched(self.pending.get(key), answer)
+        elif key in self.pending:
+            self.unwatched.add(key)
+
     def take_outbox(self) -> list[Message]:
         messages, self.outbox = self.outbox, []
         return messages
@@ -332,8 +345,17 @@ class ClientSession:
             self._count(message.job, answer)
         if key in self.abandoned:
             self.abandoned.discard(key)
+        elif key in self.unwatched:
+            self.unwatched.discard(key)
+            self._unwatched(message, answer)
         else:
             self.answers[key] = answer
+
+    def _unwatched(self, message: Message | None, answer: Answer) -> None:
+        if isinstance(answer, Error) and answer.code != Unavailable.code:
+            job = getattr(message, "job", None)
+            if job is not None and job not in self.ended:
+                self.ended[job] = error_from_code(answer.code, answer.message)
 
     # --- progress ---------------------------------------------------------------------
 

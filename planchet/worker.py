@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 
 from .aclient import AsyncPlanchetClient
-from .client import DEFAULT_URL
+from .connecting import DEFAULT_URL
 from .exceptions import PlanchetError
 from .messages import Ack, Item, ItemError
 from .progress import ProgressCallback

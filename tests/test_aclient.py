@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from planchet import AsyncPlanchetClient, JobNotFound, PlanchetClient
+from planchet import AsyncPlanchetClient, BadRequest, JobNotFound, PlanchetClient
 from planchet.embedded import free_port
 from planchet.messages import ItemError
+from planchet.progress import Progress
 
 META = {"input_file_path": "in.jsonl", "output_file_path": "out.jsonl"}
 
@@ -132,6 +133,49 @@ async def test_concurrent_acks_of_one_lease_each_get_their_answer(
             acks = await asyncio.gather(*(batch.ack(half) for half in halves))
             assert [a.written for a in acks] == [len(h) for h in halves]
     assert output_ids(data_dir) == list(range(830))
+
+
+async def test_results_sent_without_waiting_are_each_written_once(
+    server, issues_input, data_dir
+) -> None:
+    """A consumer that never waits for acks gets the job done, each id written once,
+    and its progress still counts every ack the server sent."""
+    seen: list[Progress] = []
+    async with AsyncPlanchetClient(f"ws://127.0.0.1:{server.port}") as client:
+        await client.start_job("nowait", META, "JsonlReader", writer_name="JsonlWriter",
+                               batch_size=30)
+        async for batch in client.batches("nowait", prefetch=3, progress=seen.append):
+            batch.ack_nowait([(i, {"len": len(str(item))}) for i, item in batch.items])
+        assert (await client.report("nowait"))["state"] == "done"
+    assert output_ids(data_dir) == list(range(830))
+    assert seen[-1].final and seen[-1].done == 830
+
+
+async def test_closing_sends_the_results_not_yet_sent(server, issues_input, data_dir) -> None:
+    """Results queued with ack_nowait leave before the client closes: they are written,
+    not served again."""
+    url = f"ws://127.0.0.1:{server.port}"
+    async with AsyncPlanchetClient(url) as client:
+        await client.start_job("last", META, "JsonlReader", writer_name="JsonlWriter",
+                               batch_size=40)
+        async for batch in client.batches("last", prefetch=1):
+            batch.ack_nowait(batch.items)
+            break  # and close at once
+    async def written() -> list[int]:
+        return output_ids(data_dir) if (data_dir / "out.jsonl").exists() else []
+
+    assert await wait_until_async(written, lambda ids: len(ids) >= 40,
+                                  "the 40 results written") == list(range(40))
+
+
+async def test_unsendable_results_raise_at_once(server, issues_input) -> None:
+    """ack_nowait refuses results that are not JSON right away, as ack does."""
+    async with AsyncPlanchetClient(f"ws://127.0.0.1:{server.port}") as client:
+        await client.start_job("bad", META, "JsonlReader", writer_name="JsonlWriter")
+        async for batch in client.batches("bad", prefetch=1):
+            with pytest.raises(BadRequest):
+                batch.ack_nowait([(batch.items[0][0], {1, 2})])
+            break
 
 
 class Crash(Exception):

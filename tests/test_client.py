@@ -11,13 +11,15 @@ import orjson
 import pytest
 
 from planchet import AuthError, BadRequest, JobNotFound, PathRefused, PlanchetClient
-from planchet.client import websocket_url
 from planchet.config import Settings
+from planchet.connecting import websocket_url
 from planchet.embedded import free_port
 from planchet.messages import Credit, Result, ServerCommand
+from planchet.progress import Progress
 from planchet.server import PlanchetServer
 from planchet.session import DONE, ClientSession
 from planchet.store import Store
+from tests.support import wait_until
 
 META = {"input_file_path": "in.jsonl", "output_file_path": "out.jsonl"}
 
@@ -96,6 +98,34 @@ def test_original_script_shape(served: ThreadedServer, data_dir: Path) -> None:
     health = client.check()
     assert (health["redis"], health["jobs_done"]) == ("online", 1)
     client.close()
+
+
+def test_push_batches_acked_without_waiting_write_each_item_once(served: ThreadedServer,
+                                                                  data_dir: Path) -> None:
+    """The blocking push API: batches acked with ack_nowait get the whole job written,
+    each id once, and progress still counts every ack; ack answers what was written."""
+    seen: list[Progress] = []
+    with PlanchetClient(served.url) as client:
+        client.start_job("push", META, "JsonlReader", writer_name="JsonlWriter", batch_size=30)
+        for n, batch in enumerate(client.batches("push", prefetch=2, progress=seen.append)):
+            if n == 0:
+                assert batch.ack(batch.items).written == 30
+            else:
+                batch.ack_nowait([(i, len(item["text"])) for i, item in batch.items])
+        assert client.get_job_report("push")["state"] == "done"
+    assert output_ids(data_dir) == list(range(200))
+    assert seen[-1].final and seen[-1].done == 200
+
+
+def test_closing_sends_what_ack_nowait_queued(served: ThreadedServer, data_dir: Path) -> None:
+    """Results sent without waiting are written even if the worker closes right after."""
+    with PlanchetClient(served.url) as client:
+        client.start_job("last", META, "JsonlReader", writer_name="JsonlWriter", batch_size=40)
+        batch = next(iter(client.batches("last", prefetch=1)))
+        batch.ack_nowait(batch.items)
+    wait_until(lambda: (data_dir / "out.jsonl").exists() and len(output_ids(data_dir)) >= 40,
+               "the 40 results written")
+    assert output_ids(data_dir) == list(range(40))
 
 
 def test_resume_by_every_worker_and_several_batches_held(served: ThreadedServer,
@@ -224,6 +254,36 @@ def test_session_matches_acks_in_order_per_job_and_forgets_leases_on_reconnect()
     assert [m.type for m in session.take_outbox()] == ["jobs"]
     session.receive(frame(type="reply", id=request, data=[]))
     assert session.answer(request).data == []  # type: ignore[union-attr]
+
+
+def test_session_counts_unwatched_results_and_ends_the_job_on_their_errors() -> None:
+    """A result nobody waits for keeps no answer: its ack is only counted, it is sent
+    again after a reconnect like any other, an 'unavailable' answer is shrugged off
+    (its items come back), and any other error ends the job's batches."""
+    session = ClientSession("t")
+    session.welcome(WELCOME)
+    session.credit(Credit(job="a", batches=2))
+    session.take_outbox()
+    session.receive(frame(type="batch", job="a", lease="L", items=[[0, 1], [1, 2], [2, 3]],
+                          lease_timeout=9.0))
+    written = session.result(Result(job="a", lease="L", items=[(0, "x")]))
+    session.unwatch(written)
+    session.receive(frame(type="ack", job="a", lease="L", written=1))
+    assert not session.has_answer(written) and written not in session.pending
+    busy = session.result(Result(job="a", lease="L", items=[(1, "y")]))
+    session.unwatch(busy)
+    session.receive(frame(type="error", job="a", code="unavailable", message="reloading"))
+    assert session.take_batch("a") is not None  # the batch; the job goes on
+    assert session.take_batch("a") is None
+    lost = session.result(Result(job="b", lease=None, items=[(7, "z")]))
+    session.unwatch(lost)
+    session.disconnected()
+    session.welcome(WELCOME)
+    assert [m.type for m in session.take_outbox()] == ["credit", "result"]  # sent again
+    session.receive(frame(type="error", job="b", code="job_not_found", message="no job b"))
+    assert not session.has_answer(lost)
+    with pytest.raises(JobNotFound, match="no job b"):
+        session.take_batch("b")
 
 
 def test_session_ends_a_job_once_and_backs_off() -> None:
