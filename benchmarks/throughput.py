@@ -5,7 +5,8 @@
 
 For each batch size and worker count it measures, one after the other: the ceiling
 (benchmarks/ceiling.py), then ``planchet serve`` (private Redis, fsync on) with that
-many worker processes using the asyncio client, then the blocking client. Items are
+many worker processes using the asyncio client, then the blocking client (both with
+``batches`` and ``ack_nowait``; ``--clients ... original`` adds the get/send loop). Items are
 the shared headlines repeated; the work is counting each item's words. Every figure
 is items / (last worker's sight of the job's end - first batch any worker received),
 worker start-up excluded: workers connect, then all start together. With ``--repeat
@@ -24,7 +25,7 @@ import common
 
 from planchet import PlanchetClient
 
-CLIENTS = ("async", "blocking")
+CLIENTS = ("async", "blocking", "original")  # see worker.py; the first two by default
 
 
 def planchet_rate(source: Path, n_items: int, batch: int, workers: int, kind: str) -> float:
@@ -40,13 +41,13 @@ def planchet_rate(source: Path, n_items: int, batch: int, workers: int, kind: st
     return n_items / common.elapsed(reports)
 
 
-def cell(source: Path, n_items: int, batch: int, workers: int, repeat: int
-         ) -> Iterator[common.Row]:
+def cell(source: Path, n_items: int, batch: int, workers: int, repeat: int,
+         clients: list[str]) -> Iterator[common.Row]:
     """The ceiling, then each client, each the best of ``repeat`` runs."""
     with common.DataDir(f"ceiling-{batch}-{workers}") as data:
         top = max(ceiling.measure(source, data, batch, workers, timeout=120 + n_items / 2000)
                   for _ in range(repeat))
-    for kind in CLIENTS:
+    for kind in clients:
         rate = max(planchet_rate(source, n_items, batch, workers, kind) for _ in range(repeat))
         plural = "s" if workers > 1 else ""
         yield common.Row("throughput", f"batch {batch}, {workers} worker{plural}, {kind}",
@@ -65,12 +66,15 @@ def run(args: argparse.Namespace) -> Iterator[common.Row]:
     n_items = args.items or (20_000 if args.quick else 200_000)
     source = common.headlines_file(n_items)
     for batch, workers in cells(args.quick, args.batches, args.workers):
-        yield from cell(source, n_items, batch, workers, args.repeat)
+        yield from cell(source, n_items, batch, workers, args.repeat, args.clients)
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (10 100 1000)")
     parser.add_argument("--workers", type=int, nargs="+", help="worker processes (1 4 16)")
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS[:2]),
+                        help="worker kinds: async and blocking (the push API, ack_nowait), "
+                             "original (the get/send loop); default: async blocking")
     parser.add_argument("--repeat", type=int, default=1,
                         help="throughput: runs of each measurement, the best counts (1)")
 
