@@ -2,10 +2,11 @@
 
     python benchmarks/run.py [--quick] [--parts throughput memory ...] [--markdown]
 
-Parts, in order: throughput (against the bare dispatcher of ceiling.py), memory
-(1M and 10M items), requeue latency, resume, connections (1,000), many jobs (100),
-adaptive batching, and a dashboard watching 100 jobs and 1,000 connections. --quick
-runs every part small: 20,000 items, the four throughput cells of the issue, the
+Parts, in order: throughput (against the bare dispatcher of ceiling.py), clients (the
+CPU of each Python client per batch, against a bare worker), memory (1M and 10M items),
+requeue latency, resume, connections (1,000), many jobs (100), adaptive batching, and a
+dashboard watching 100 jobs and 1,000 connections. --quick runs every part small:
+20,000 items, the four throughput cells of the issue, 1,000 batches per client, the
 1M-item file only, 10 requeue trials.
 Figures print as they are measured; a table of all of them, and how long each part
 took, comes at the end. docs/performance.md says what each figure means.
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import adaptive
+import clients
 import common
 import connections
 import dashboard
@@ -36,6 +38,7 @@ from planchet import __version__
 Part = Callable[[argparse.Namespace], Iterator[common.Row]]
 PARTS: dict[str, Part] = {
     "throughput": throughput.run,
+    "clients": clients.run,
     "memory": memory.run,
     "requeue": requeue.run,
     "resume": resume.run,
@@ -56,6 +59,7 @@ def options() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="requeue trials of each kind (50; 10 quick)")
     parser.add_argument("--markdown", action="store_true", help="the final table in Markdown")
     throughput.add_options(parser)
+    clients.add_options(parser)
     connections.add_options(parser)
     manyjobs.add_options(parser)
     return parser.parse_args()
