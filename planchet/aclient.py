@@ -54,7 +54,7 @@ from .messages import (
     make_result,
 )
 from .progress import ProgressOption, make_callback
-from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped, unwatchable
 from .version import __version__
 
 HELLO_TIMEOUT = 30.0
@@ -209,11 +209,16 @@ class AsyncPlanchetClient:
             messages = self._session.take_outbox()
             if ws is None:
                 return
-            for message in messages:
+            for n, message in enumerate(messages):
                 try:
                     await ws.send(encode(message))
                 except FAILURES:
                     return
+                except asyncio.CancelledError:  # the caller gave up, the connection did not:
+                    # websockets hands a frame to the socket before its only wait (the
+                    # drain), so this one went; the rest go with the next flush
+                    self._session.outbox[:0] = messages[n + 1:]
+                    raise
 
     def _flush_soon(self) -> None:
         """Send what is queued within a turn of the loop (unless a step of ``batches``
@@ -224,7 +229,7 @@ class AsyncPlanchetClient:
 
     def _flush_now(self) -> None:
         self._flush_due = False
-        if self._session.outbox and self._ws is not None:
+        if self._session.outbox and self._ws is not None and not self._closing:
             task = asyncio.ensure_future(self._flush())
             self._flushes.add(task)  # kept until done: the loop holds tasks weakly
             task.add_done_callback(self._flushes.discard)
@@ -288,6 +293,7 @@ class AsyncPlanchetClient:
                            errors: list[ItemError] | None = None,
                            token: str | None = None) -> Ack:
         message = make_result(job, lease, results, errors, token or self.token)
+        encode(message)  # what JSON cannot carry raises here, not in a later flush
         await self._ensure_open()
         try:
             return await self._wait(self._session.result(message))
@@ -298,10 +304,10 @@ class AsyncPlanchetClient:
                             errors: list[ItemError] | None = None,
                             token: str | None = None) -> None:
         """``send_results`` without waiting for the ack (see ``WorkBatch.ack_nowait``)."""
-        if self._closing:
-            raise ConnectionLost("client closed")
+        if self._closing or self._reader is None or self._reader.done():
+            raise ConnectionLost("not connected: connect (or use async with) first")
         message = make_result(job, lease, results, errors, token or self.token)
-        encode(message)  # what JSON cannot carry raises here, not in a later flush
+        unwatchable(message)
         self._session.unwatch(self._session.result(message))
         self._flush_soon()
 

@@ -62,7 +62,7 @@ from .messages import (
     make_result,
 )
 from .progress import ProgressOption, make_callback
-from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped, unwatchable
 
 T = TypeVar("T")
 
@@ -148,9 +148,7 @@ class PlanchetClient:
         return ws
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection (1000: the server requeues what it held, uncharged); what
-        is queued to send leaves first."""
-        self._send_queued()
+        """Close the connection (1000: the server requeues what it held, uncharged)."""
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(*FAILURES):
@@ -199,8 +197,8 @@ class PlanchetClient:
 
     def _dropped(self, ws: ClientConnection) -> None:
         self._ws = None
-        check_close(ws.close_code)
         self._session.disconnected()
+        check_close(ws.close_code)
 
     def _wait(self, key: int) -> Any:
         """The answer filed under ``key``; error answers raise."""
@@ -347,6 +345,7 @@ class PlanchetClient:
         """Send results (and errors) for ``lease``; the server's ack says what became of
         them."""
         message = make_result(job, lease, results, errors, token or self.token)
+        encode(message)  # what JSON cannot carry raises here, not in a later send
         try:
             return self._wait(self._session.result(message))
         except Unavailable:  # not taken: the items are requeued when the job reloads
@@ -357,7 +356,7 @@ class PlanchetClient:
                             token: str | None = None) -> None:
         """``send_results`` without waiting for the ack (see ``WorkBatch.ack_nowait``)."""
         message = make_result(job, lease, results, errors, token or self.token)
-        encode(message)  # what JSON cannot carry raises here, not in a later send
+        unwatchable(message)
         self._session.unwatch(self._session.result(message))
         self._send_queued()
 

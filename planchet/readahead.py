@@ -1,9 +1,12 @@
 """Read-ahead: parsed input waiting to be leased, so that a lease never waits for the disk.
 
 A task reads the next chunks while the job serves what is already checked: in the event
-loop when the bytes are already in the page cache (``Reader.cached``), in a thread when
-reading them could wait for the disk. Parsing needs the GIL either way; handing it to a
-thread only added switches (a sixth of the throughput at batches of 100 items).
+loop when the bytes are already in the page cache (``Reader.cached``, probed for twice
+the bytes the records seen so far suggest), in a thread when reading them could wait
+for the disk, and for the first chunk, before any record is seen. Parsing needs the GIL
+either way; handing it to a thread only added switches (a sixth of the throughput at
+batches of 100 items). A chunk of records far longer than those before it can read past
+the probe; the kernel's own read-ahead of a file read in order makes a wait there rare.
 Records are kept as the reader gave them, in runs of good items (sliced, never one
 object per record), each with its end offset, so a lease can take any number of items
 and commit the exact position after the last one: what was read ahead but not leased is
@@ -63,7 +66,7 @@ class ReadAhead:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._line_bytes = 1  # the mean size of the records seen so far
+        self._line_bytes = 0  # the mean size of the last chunk's records; 0: none yet
         self._kick()
 
     # --- the consumer side ------------------------------------------------------------
@@ -167,21 +170,23 @@ class ReadAhead:
             self._on_change()
 
     async def _read(self, n: int) -> Chunk:
-        """Read ``n`` records, in the loop if their bytes (twice as many as the lines seen
-        so far suggest) are cached, else in a thread."""
-        if self.reader.cached(2 * n * self._line_bytes + READ_BUFFER):
+        """Read ``n`` records, in the loop if their bytes (twice as many as the records
+        seen so far suggest) are cached, else in a thread."""
+        if self._line_bytes and self.reader.cached(2 * n * self._line_bytes + READ_BUFFER):
             return self.reader.read(n)
         return await asyncio.to_thread(self.reader.read, n)
 
     def _chunk_size(self) -> int:
-        """About a megabyte of input per read, judging by the lines seen so far."""
-        records = sum(len(run.ends) for run in self.runs)
-        if not records:
+        """About a megabyte of input per read, judging by the last chunk; 100 records
+        while nothing is buffered, so that a waiting lease waits for little."""
+        if not self.runs or not self._line_bytes:
             return 100
-        self._line_bytes = max(1, self._buffered_bytes() // records)
         return max(1, min(MAX_CHUNK, 2**20 // self._line_bytes))
 
     def _add(self, chunk: Chunk) -> None:
+        if chunk.ends:
+            before = self.runs[-1].ends[-1] if self.runs else self._start
+            self._line_bytes = max(1, (chunk.ends[-1] - before) // len(chunk.ends))
         first = chunk.position.next_id - len(chunk.ends)
         if not chunk.errors and len(chunk.items) == len(chunk.ends):  # the usual case
             if chunk.items:

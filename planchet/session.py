@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from .breaker import Breaker
 from .exceptions import (
+    BadRequest,
     CircuitOpen,
     ConnectionLost,
     JobNotFound,
@@ -52,6 +53,7 @@ from .messages import (
     Watch,
     Welcome,
     decode_server,
+    encode,
 )
 from .progress import ProgressCallback, Tracker
 from .version import __version__
@@ -67,6 +69,16 @@ MAX_FAILING_BATCHES = 3  # batches in a row failed on every item that stop a wor
 def dropped(result: Result) -> Ack:
     """The ack of a result the server cannot take: its items were requeued."""
     return Ack(job=result.job, lease=result.lease, dropped=len(result.items) + len(result.errors))
+
+
+def unwatchable(result: Result) -> None:
+    """Raise unless ``result`` may be sent with nobody waiting for its ack: it must be
+    JSON, and for a lease (in a write-only job the items exist nowhere else, so whether
+    the server took them is the caller's to know)."""
+    if result.lease is None:
+        raise BadRequest("results for no lease (a write-only job) must wait for their "
+                         "ack: use send_results")
+    encode(result)  # what JSON cannot carry raises here, not in a later flush
 
 
 def _settle(leases: dict[str, set[int]], result: Result) -> None:
@@ -126,6 +138,7 @@ class ClientSession:
         self.watching: Watch | None = None  # sent again on each connection
         self.statuses: collections.deque[Status] = collections.deque(maxlen=MAX_STATUSES)
         self._ids = itertools.count(1)
+        self.ended: dict[str, PlanchetError | None] = {}  # job -> None: done; else why it ended
         self._forget_connection()
 
     def _forget_connection(self) -> None:
@@ -133,7 +146,9 @@ class ClientSession:
         self.batches: dict[str, collections.deque[Batch]] = collections.defaultdict(
             collections.deque)
         self.held: dict[str, dict[str, set[int]]] = collections.defaultdict(dict)  # job->lease->ids
-        self.ended: dict[str, PlanchetError | None] = {}  # job -> None: done; else why it ended
+        # why a job's batches ended outlives the connection until ``take_batch`` raises
+        # it; that the job is done is heard again on the next connection
+        self.ended = {job: why for job, why in self.ended.items() if why is not None}
 
     # --- connecting -------------------------------------------------------------------
 
@@ -274,11 +289,8 @@ class ClientSession:
         comes it is counted (progress, breaker) and thrown away, but an error that is not
         a mere ``unavailable`` (its items come back when the job reloads) ends the job's
         batches. The result is sent, and sent again after a reconnect, as any other."""
-        answer = self.answers.pop(key, None)
-        if answer is not None:
-            self._unwatched(self.pending.get(key), answer)
-        elif key in self.pending:
-            self.unwatched.add(key)
+        if self.answers.pop(key, None) is None and key in self.pending:
+            self.unwatched.add(key)  # else answered already: a stale lease's dropped
 
     def take_outbox(self) -> list[Message]:
         messages, self.outbox = self.outbox, []

@@ -169,12 +169,15 @@ async def test_closing_sends_the_results_not_yet_sent(server, issues_input, data
 
 
 async def test_unsendable_results_raise_at_once(server, issues_input) -> None:
-    """ack_nowait refuses results that are not JSON right away, as ack does."""
+    """ack_nowait refuses results that are not JSON right away, as ack does, and results
+    for no lease (a write-only job's), whose ack only the caller can act on."""
     async with AsyncPlanchetClient(f"ws://127.0.0.1:{server.port}") as client:
         await client.start_job("bad", META, "JsonlReader", writer_name="JsonlWriter")
         async for batch in client.batches("bad", prefetch=1):
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequest, match="JSON"):
                 batch.ack_nowait([(batch.items[0][0], {1, 2})])
+            with pytest.raises(BadRequest, match="no lease"):
+                client.send_results_nowait("bad", None, [(0, 1)])
             break
 
 

@@ -259,7 +259,8 @@ def test_session_matches_acks_in_order_per_job_and_forgets_leases_on_reconnect()
 def test_session_counts_unwatched_results_and_ends_the_job_on_their_errors() -> None:
     """A result nobody waits for keeps no answer: its ack is only counted, it is sent
     again after a reconnect like any other, an 'unavailable' answer is shrugged off
-    (its items come back), and any other error ends the job's batches."""
+    (its items come back), and any other error ends the job's batches, even after the
+    connection it came on is gone."""
     session = ClientSession("t")
     session.welcome(WELCOME)
     session.credit(Credit(job="a", batches=2))
@@ -282,6 +283,7 @@ def test_session_counts_unwatched_results_and_ends_the_job_on_their_errors() -> 
     assert [m.type for m in session.take_outbox()] == ["credit", "result"]  # sent again
     session.receive(frame(type="error", job="b", code="job_not_found", message="no job b"))
     assert not session.has_answer(lost)
+    session.disconnected()  # the error outlives the connection it came on
     with pytest.raises(JobNotFound, match="no job b"):
         session.take_batch("b")
 
