@@ -150,11 +150,12 @@ test("stop() hands the held leases back, uncharged, and a second worker finishes
 });
 
 test("extend heartbeats keep a lease alive while a batch outlasts its lease_timeout", { skip }, async () => {
-  const { job, output, errors } = await startJob("heartbeat", { n: 4, batchSize: 2, leaseTimeout: 1, maxAttempts: 1 });
+  // a lease of 2 s, extended after 1 s: a second of slack for a busy machine's stalls
+  const { job, output, errors } = await startJob("heartbeat", { n: 4, batchSize: 2, leaseTimeout: 2, maxAttempts: 1 });
   const worker = new PlanchetWorker(URL_, { job, token: MASTER, prefetch: 1 });
   await worker.run(async (items) => {
     const start = Date.now(); // the work itself outlasts the lease: that is the case under test
-    await eventually(() => Date.now() - start > 2500, "the work to outlast its lease");
+    await eventually(() => Date.now() - start > 4500, "the work to outlast its lease");
     return items.map((item) => item.text.length);
   });
   assert.equal(byId(output).size, 4);
