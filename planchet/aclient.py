@@ -54,7 +54,7 @@ from .messages import (
     make_result,
 )
 from .progress import ProgressOption, make_callback
-from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped, unwatchable
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
 from .version import __version__
 
 HELLO_TIMEOUT = 30.0
@@ -206,18 +206,18 @@ class AsyncPlanchetClient:
         drop, and the session queues everything still pending on the next connection."""
         async with self._sending:
             ws = self._ws
-            messages = self._session.take_outbox()
+            frames = self._session.take_outbox()
             if ws is None:
                 return
-            for n, message in enumerate(messages):
+            for n, frame in enumerate(frames):
                 try:
-                    await ws.send(encode(message))
+                    await ws.send(frame)
                 except FAILURES:
                     return
                 except asyncio.CancelledError:  # the caller gave up, the connection did not:
                     # websockets hands a frame to the socket before its only wait (the
                     # drain), so this one went; the rest go with the next flush
-                    self._session.outbox[:0] = messages[n + 1:]
+                    self._session.outbox[:0] = frames[n + 1:]
                     raise
 
     def _flush_soon(self) -> None:
@@ -293,7 +293,6 @@ class AsyncPlanchetClient:
                            errors: list[ItemError] | None = None,
                            token: str | None = None) -> Ack:
         message = make_result(job, lease, results, errors, token or self.token)
-        encode(message)  # what JSON cannot carry raises here, not in a later flush
         await self._ensure_open()
         try:
             return await self._wait(self._session.result(message))
@@ -307,8 +306,7 @@ class AsyncPlanchetClient:
         if self._closing or self._reader is None or self._reader.done():
             raise ConnectionLost("not connected: connect (or use async with) first")
         message = make_result(job, lease, results, errors, token or self.token)
-        unwatchable(message)
-        self._session.unwatch(self._session.result(message))
+        self._session.result(message, wait=False)
         self._flush_soon()
 
     async def release(self, job: str, lease: str, ids: list[int] | None = None,

@@ -62,7 +62,7 @@ from .messages import (
     make_result,
 )
 from .progress import ProgressOption, make_callback
-from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped, unwatchable
+from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
 
 T = TypeVar("T")
 
@@ -170,9 +170,10 @@ class PlanchetClient:
         self._send_queued()
         while (value := ready()) is None:
             ws = self._connection()
+            self._send_queued()  # what the welcome queued, or what ``ready`` asked for
+            if self._ws is not ws:
+                continue  # the connection dropped meanwhile
             try:
-                for message in self._session.take_outbox():
-                    ws.send(encode(message))
                 frame = ws.recv(timeout=self.timeout)
             except TimeoutError as exc:
                 self.close()
@@ -190,8 +191,8 @@ class PlanchetClient:
         if ws is None or not self._session.outbox:
             return
         try:
-            for message in self._session.take_outbox():
-                ws.send(encode(message))
+            for frame in self._session.take_outbox():
+                ws.send(frame)
         except FAILURES:
             self._dropped(ws)
 
@@ -345,7 +346,6 @@ class PlanchetClient:
         """Send results (and errors) for ``lease``; the server's ack says what became of
         them."""
         message = make_result(job, lease, results, errors, token or self.token)
-        encode(message)  # what JSON cannot carry raises here, not in a later send
         try:
             return self._wait(self._session.result(message))
         except Unavailable:  # not taken: the items are requeued when the job reloads
@@ -356,8 +356,7 @@ class PlanchetClient:
                             token: str | None = None) -> None:
         """``send_results`` without waiting for the ack (see ``WorkBatch.ack_nowait``)."""
         message = make_result(job, lease, results, errors, token or self.token)
-        unwatchable(message)
-        self._session.unwatch(self._session.result(message))
+        self._session.result(message, wait=False)
         self._send_queued()
 
     # --- leases -------------------------------------------------------------------------

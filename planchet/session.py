@@ -71,16 +71,6 @@ def dropped(result: Result) -> Ack:
     return Ack(job=result.job, lease=result.lease, dropped=len(result.items) + len(result.errors))
 
 
-def unwatchable(result: Result) -> None:
-    """Raise unless ``result`` may be sent with nobody waiting for its ack: it must be
-    JSON, and for a lease (in a write-only job the items exist nowhere else, so whether
-    the server took them is the caller's to know)."""
-    if result.lease is None:
-        raise BadRequest("results for no lease (a write-only job) must wait for their "
-                         "ack: use send_results")
-    encode(result)  # what JSON cannot carry raises here, not in a later flush
-
-
 def _settle(leases: dict[str, set[int]], result: Result) -> None:
     """Strike the ids of ``result`` from its lease in ``leases``; forget a settled lease."""
     ids = leases.get(result.lease or "")
@@ -126,7 +116,9 @@ class ClientSession:
         self.hint = 0.0  # the last goodbye's retry_after: the least wait before reconnecting
         self.connected = False
         self.failures = 0  # connection attempts since the server last sent anything useful
-        self.outbox: list[Message] = []  # to send, in this order, on the current connection
+        # frames to send, in this order, on the current connection: encoded when queued,
+        # so what JSON cannot carry raises at the call that queued it
+        self.outbox: list[bytes] = []
         self.pending: dict[int, Message] = {}  # requests and results not yet answered
         self.answers: dict[int, Answer] = {}
         self.abandoned: set[int] = set()  # the caller gave up: its answer is thrown away
@@ -188,9 +180,9 @@ class ClientSession:
         self._resumed(reply.resumed)
         self.name = reply.session
         self.connected = True
-        self.outbox = [*self.credits.values(), *self.pending.values()]
+        self.outbox = [encode(m) for m in (*self.credits.values(), *self.pending.values())]
         if self.watching is not None and self.watching.id not in self.pending:
-            self.outbox.append(self.watching)
+            self.outbox.append(encode(self.watching))
         for key, message in self.pending.items():
             if isinstance(message, Result):
                 self.acks[message.job].append(key)
@@ -245,13 +237,26 @@ class ClientSession:
         self._queue(message.id, message)
         return message.id
 
-    def result(self, message: Result) -> int:
-        """Queue results; the key under which their ack will be filed."""
+    def result(self, message: Result, wait: bool = True) -> int:
+        """Queue results; the key under which their ack will be filed.
+
+        ``wait`` False: nobody will wait for the ack. When it comes it is counted
+        (progress, breaker) and thrown away, but an error that is not a mere
+        ``unavailable`` (its items come back when the job reloads) ends the job's
+        batches. Results for no lease must be waited for: in a write-only job the items
+        exist nowhere else, so whether the server took them is the caller's to know.
+        """
+        if not wait and message.lease is None:
+            raise BadRequest("results for no lease (a write-only job) must wait for their "
+                             "ack: use send_results")
+        frame = encode(message)
         key = self.next_id()
         if message.lease in self.stale:  # the server requeued it when the connection dropped
             _settle(self.stale, message)
-            self.answers[key] = ack = dropped(message)
+            ack = dropped(message)
             self._count(message.job, ack)
+            if wait:
+                self.answers[key] = ack
             return key
         parked = self.parked.get(message.job, {})  # held when the connection dropped
         # any other lease, or none: the server decides
@@ -259,7 +264,9 @@ class ClientSession:
         held = message.lease in leases
         _settle(leases, message)
         self.breaker.sent(key, message, held and message.lease not in leases)
-        self._queue(key, message)
+        self._queue(key, message, frame)
+        if not wait:
+            self.unwatched.add(key)
         return key
 
     def credit(self, message: Credit) -> None:
@@ -268,7 +275,7 @@ class ClientSession:
         if self.ended.get(message.job, False) is None:  # done, but it may have been cleaned
             del self.ended[message.job]
         if self.connected:
-            self.outbox.append(message)
+            self.outbox.append(encode(message))
 
     def uncredit(self, job: str) -> None:
         """The job's consumer has stopped: do not ask for more on a new connection."""
@@ -284,22 +291,15 @@ class ClientSession:
         else:
             del self.pending[key]
 
-    def unwatch(self, key: int) -> None:
-        """Nobody will wait for the answer to the result filed under ``key``: when it
-        comes it is counted (progress, breaker) and thrown away, but an error that is not
-        a mere ``unavailable`` (its items come back when the job reloads) ends the job's
-        batches. The result is sent, and sent again after a reconnect, as any other."""
-        if self.answers.pop(key, None) is None and key in self.pending:
-            self.unwatched.add(key)  # else answered already: a stale lease's dropped
-
-    def take_outbox(self) -> list[Message]:
+    def take_outbox(self) -> list[bytes]:
         messages, self.outbox = self.outbox, []
         return messages
 
-    def _queue(self, key: int, message: Message) -> None:
+    def _queue(self, key: int, message: Message, frame: bytes | None = None) -> None:
+        frame = encode(message) if frame is None else frame
         self.pending[key] = message
         if self.connected:
-            self.outbox.append(message)
+            self.outbox.append(frame)
             if isinstance(message, Result):
                 self.acks[message.job].append(key)
 
@@ -363,7 +363,7 @@ class ClientSession:
         else:
             self.answers[key] = answer
 
-    def _unwatched(self, message: Message | None, answer: Answer) -> None:
+    def _unwatched(self, message: Message, answer: Answer) -> None:
         if isinstance(answer, Error) and answer.code != Unavailable.code:
             job = getattr(message, "job", None)
             if job is not None and job not in self.ended:

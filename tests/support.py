@@ -172,3 +172,9 @@ def held(items: dict[int, tuple[Any, int]]) -> dict[int, tuple[Any, int]]:
     """A lease's items (id -> item, attempts) with each item as the value it stands for:
     items read from JSONL are raw JSON text (``orjson.Fragment``), equal to nothing."""
     return {i: (orjson.loads(orjson.dumps(item)), n) for i, (item, n) in items.items()}
+
+
+def queued_types(session: Any) -> list[str]:
+    """The types of the frames a client ``session`` queued, taken from its outbox (the
+    session queues them encoded)."""
+    return [orjson.loads(frame)["type"] for frame in session.take_outbox()]

@@ -19,7 +19,7 @@ from planchet.progress import Progress
 from planchet.server import PlanchetServer
 from planchet.session import DONE, ClientSession
 from planchet.store import Store
-from tests.support import wait_until
+from tests.support import queued_types, wait_until
 
 META = {"input_file_path": "in.jsonl", "output_file_path": "out.jsonl"}
 
@@ -251,7 +251,7 @@ def test_session_matches_acks_in_order_per_job_and_forgets_leases_on_reconnect()
     stale = session.result(Result(job="a", lease="L", items=[(2, "w")]))
     assert session.answer(stale).dropped == 1  # type: ignore[union-attr]
     session.welcome(WELCOME)
-    assert [m.type for m in session.take_outbox()] == ["jobs"]
+    assert queued_types(session) == ["jobs"]
     session.receive(frame(type="reply", id=request, data=[]))
     assert session.answer(request).data == []  # type: ignore[union-attr]
 
@@ -262,25 +262,25 @@ def test_session_counts_unwatched_results_and_ends_the_job_on_their_errors() -> 
     (its items come back), and any other error ends the job's batches, even after the
     connection it came on is gone."""
     session = ClientSession("t")
-    session.welcome(WELCOME)
+    session.welcome(frame(type="welcome", server="t", max_message_bytes=1024, session="s1"))
     session.credit(Credit(job="a", batches=2))
     session.take_outbox()
     session.receive(frame(type="batch", job="a", lease="L", items=[[0, 1], [1, 2], [2, 3]],
                           lease_timeout=9.0))
-    written = session.result(Result(job="a", lease="L", items=[(0, "x")]))
-    session.unwatch(written)
+    written = session.result(Result(job="a", lease="L", items=[(0, "x")]), wait=False)
     session.receive(frame(type="ack", job="a", lease="L", written=1))
     assert not session.has_answer(written) and written not in session.pending
-    busy = session.result(Result(job="a", lease="L", items=[(1, "y")]))
-    session.unwatch(busy)
+    session.result(Result(job="a", lease="L", items=[(1, "y")]), wait=False)
     session.receive(frame(type="error", job="a", code="unavailable", message="reloading"))
     assert session.take_batch("a") is not None  # the batch; the job goes on
     assert session.take_batch("a") is None
-    lost = session.result(Result(job="b", lease=None, items=[(7, "z")]))
-    session.unwatch(lost)
+    with pytest.raises(BadRequest, match="no lease"):  # a write-only job's: must be waited for
+        session.result(Result(job="b", lease=None, items=[(7, "z")]), wait=False)
+    lost = session.result(Result(job="b", lease="M", items=[(7, "z")]), wait=False)
     session.disconnected()
-    session.welcome(WELCOME)
-    assert [m.type for m in session.take_outbox()] == ["credit", "result"]  # sent again
+    session.welcome(frame(type="welcome", server="t", max_message_bytes=1024, session="s1",
+                          resumed=True))
+    assert queued_types(session) == ["credit", "result"]  # sent again
     session.receive(frame(type="error", job="b", code="job_not_found", message="no job b"))
     assert not session.has_answer(lost)
     session.disconnected()  # the error outlives the connection it came on
