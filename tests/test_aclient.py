@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -13,6 +15,7 @@ from planchet.embedded import free_port
 from planchet.messages import ItemError
 from planchet.progress import Progress
 
+T = TypeVar("T")
 META = {"input_file_path": "in.jsonl", "output_file_path": "out.jsonl"}
 
 
@@ -181,6 +184,13 @@ async def test_unsendable_results_raise_at_once(server, issues_input) -> None:
             break
 
 
+async def aenumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
+
+
 class Crash(Exception):
     pass
 
@@ -223,22 +233,26 @@ async def test_the_server_charges_a_crash_in_with_and_not_a_clean_exit(server,
         await report_when(lambda r: r["failed"] == 20, "the second crash charged")
 
 
+@pytest.mark.parametrize("nowait", [False, True], ids=["ack", "ack_nowait"])
 async def test_a_worker_survives_kill_and_restart(serve_process, issues_input,
-                                                  data_dir) -> None:
+                                                  data_dir, nowait: bool) -> None:
     """A server killed with -9 and restarted mid-job: the worker reconnects, its acks in
-    flight are answered (not awaited for ever), and every id is written once."""
+    flight are answered (not awaited for ever), and every id is written once; a worker
+    that never waits for acks has results of several batches in flight at the kill."""
 
     async def work() -> None:
         async with AsyncPlanchetClient(serve_process.url, retries=20) as client:
             await client.start_job("k", META, "JsonlReader", writer_name="JsonlWriter",
                                    batch_size=25)
-            restarted = False
-            async for batch in client.batches("k", prefetch=2):
-                if not restarted:  # blocks this loop on purpose: it cannot see the drop
+            kill_at = 3 if nowait else 0  # batches acked before the kill
+            async for n, batch in aenumerate(client.batches("k", prefetch=2)):
+                if n == kill_at:  # blocks this loop on purpose: it cannot see the drop
                     serve_process.kill()
                     serve_process.start()
-                    restarted = True
-                await batch.ack(batch.items)
+                if nowait:
+                    batch.ack_nowait(batch.items)
+                else:
+                    await batch.ack(batch.items)
 
     await asyncio.wait_for(work(), 90)  # a hang fails here, before the suite's timeout
     assert output_ids(data_dir) == list(range(830))
