@@ -178,8 +178,8 @@ class ReadAhead:
 
     def _chunk_size(self) -> int:
         """About a megabyte of input per read, judging by the last chunk; 100 records
-        while nothing is buffered, so that a waiting lease waits for little."""
-        if not self.runs or not self._line_bytes:
+        first, so that the first lease waits for little."""
+        if not self._line_bytes:
             return 100
         return max(1, min(MAX_CHUNK, 2**20 // self._line_bytes))
 

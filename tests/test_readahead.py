@@ -104,3 +104,15 @@ def test_a_cold_file_is_read_in_a_thread(tmp_path: Path) -> None:
         pytest.skip("this filesystem keeps the file's pages in memory")
     assert asyncio.run(read_through(reader)) == 5000
     assert reader.threads[0] is not threading.main_thread()
+
+
+def test_a_consumer_that_keeps_up_still_gets_big_chunks(tmp_path: Path) -> None:
+    """A lease that empties the buffer each time must not shrink every later read to one
+    batch: after the first chunk, reads are sized by bytes (a thousand of these records),
+    so 5,000 records take a handful of reads, not fifty."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(LINES)
+    reader = Traced(path)
+    reader.open()
+    assert asyncio.run(read_through(reader)) == 5000
+    assert len(reader.threads) <= 7  # the first 100, then 1,000 at a time, then the end
