@@ -373,12 +373,12 @@ _ACK_COUNTS = ("written", "retried", "failed", "dropped")
 _ACK_KEYS = frozenset({"type", "job", "lease", *_ACK_COUNTS})
 
 
-def _items(value: Any, kinds: tuple[type, ...] = (list,)) -> list[Item] | None:
-    """``[(id, item), ...]`` if ``value`` is a list of pairs (of ``kinds``) with int ids."""
+def _items(value: Any) -> list[Item] | None:
+    """``[(id, item), ...]`` if ``value`` is a list of ``[id, item]`` pairs with int ids."""
     if type(value) is not list:
         return None
     for pair in value:
-        if type(pair) not in kinds or len(pair) != 2 or type(pair[0]) is not int:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
             return None
     return [(i, item) for i, item in value]
 
@@ -432,14 +432,29 @@ def _quick_ack(data: dict[str, Any]) -> Ack | None:
 _QUICK_DECODE = {"batch": _quick_batch, "ack": _quick_ack}
 
 
+def _plain(items: Any) -> bool:
+    """Whether ``items`` is a list of ``(id, value)`` pairs (tuples or lists) with int ids:
+    one pass to unpack, one in C to check the ids; the pairs are not copied."""
+    if type(items) is not list or not set(map(type, items)) <= _PAIR_TYPES:
+        return False
+    try:
+        ids = [i for i, _ in items]
+    except ValueError:  # a pair of another length
+        return False
+    return set(map(type, ids)) <= _INT
+
+
+_PAIR_TYPES = frozenset({list, tuple})
+_INT = frozenset({int})
+
+
 def make_result(job: str, lease: str | None, items: list[Any],
                 errors: list[ItemError] | None = None, token: str | None = None) -> Result:
     """A ``result`` built by a client from its worker's values: checked quickly when the
     values are plain, by the model otherwise; BadRequest says what is wrong."""
-    quick = _items(items, (list, tuple))
-    if quick is not None and all(type(e) is ItemError for e in errors or []):
-        return Result.model_construct(job=job, lease=lease, items=quick, errors=errors or [],
-                                      token=token)
+    if _plain(items) and all(type(e) is ItemError for e in errors or []):
+        return Result.model_construct(job=job, lease=lease, items=list(items),
+                                      errors=errors or [], token=token)
     try:
         return Result(job=job, lease=lease, items=items, errors=errors or [], token=token)
     except ValidationError as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import operator
 from typing import Any, Literal
 
 from .breaker import Breaker
@@ -66,6 +67,9 @@ MAX_STATUSES = 16  # status frames kept for a slow reader of ``watch``: the newe
 MAX_FAILING_BATCHES = 3  # batches in a row failed on every item that stop a worker
 
 
+_ID = operator.itemgetter(0)  # an item's id, in C
+
+
 def dropped(result: Result) -> Ack:
     """The ack of a result the server cannot take: its items were requeued."""
     return Ack(job=result.job, lease=result.lease, dropped=len(result.items) + len(result.errors))
@@ -76,7 +80,7 @@ def _settle(leases: dict[str, set[int]], result: Result) -> None:
     ids = leases.get(result.lease or "")
     if ids is None:
         return
-    ids.difference_update([i for i, _ in result.items], [e.id for e in result.errors])
+    ids.difference_update(map(_ID, result.items), [e.id for e in result.errors])
     if not ids:
         del leases[result.lease or ""]
 
@@ -316,7 +320,7 @@ class ClientSession:
         self.failures = 0
         match msg:
             case Batch():
-                self.held[msg.job][msg.lease] = {i for i, _ in msg.items}
+                self.held[msg.job][msg.lease] = set(map(_ID, msg.items))
                 self.batches[msg.job].append(msg)
             case Status():
                 self.statuses.append(msg)

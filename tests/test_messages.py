@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from planchet.exceptions import BadFrame, ProtocolError
+from planchet.exceptions import BadFrame, BadRequest, ProtocolError
 from planchet.messages import (
     MAX_BATCH_SIZE,
     MAX_PREFETCH,
@@ -32,6 +32,7 @@ from planchet.messages import (
     decode_client,
     decode_server,
     encode,
+    make_result,
 )
 
 CLIENT_MESSAGES: list[Message] = [
@@ -327,3 +328,20 @@ def test_the_fast_decoders_read_what_the_models_would(frame: dict[str, Any]) -> 
         return
     got = decode_server(orjson.dumps(frame))
     assert type(got) is type(expected) and encode(got) == encode(expected)
+
+
+@pytest.mark.parametrize("items", [
+    [(1, "a", "b")], [(1,)], [("1", "a")], [(True, "a")], [(1.0, "a")], [{1: "a", 2: "b"}],
+    ["ab"], [None], [(1, "a"), (2,)],
+])
+def test_a_result_that_is_not_a_list_of_id_value_pairs_is_refused_at_the_call(items: Any) -> None:
+    with pytest.raises(BadRequest, match="cannot be sent"):
+        make_result("j", "L1", items)
+
+
+def test_plain_results_are_taken_as_they_are_tuples_or_lists() -> None:
+    pairs: list[Any] = [(1, "a"), [2, {"b": 3}]]
+    result = make_result("j", "L1", pairs)
+    assert result.items == pairs and result.items is not pairs  # the list, not the pairs, copied
+    assert result.items[0] is pairs[0]
+    assert orjson.loads(encode(result))["items"] == [[1, "a"], [2, {"b": 3}]]
