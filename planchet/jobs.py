@@ -86,7 +86,8 @@ class Job(JobBase):
         if taken is None:
             return None
         blob, items = taken
-        return self._hold(group, {i: (item, tries) for i, item, tries in items}, owner, blob)
+        return self._hold(group, [(i, item) for i, item, _ in items],
+                          {i: (item, tries) for i, item, tries in items}, owner, blob)
 
     def _lease_fresh(self, group: Group, owner: Watcher, n: int,
                      budget: Budget | None) -> Lease | None:
@@ -102,15 +103,17 @@ class Job(JobBase):
         self._log_dead(group, [(i, why, 0) for i, why in taken.bad])
         if not taken.items:
             return None
-        return self._hold(group, {i: (item, 0) for i, item in taken.items}, owner)
+        return self._hold(group, taken.items, {i: (item, 0) for i, item in taken.items}, owner)
 
-    def _hold(self, group: Group, items: dict[int, tuple[Any, int]], owner: Watcher,
-              blob: bytes | None = None) -> Lease:
-        """A new lease of ``items`` (id -> item, attempts). Fresh items are packed for
-        Redis only if the lease outlives its group (most are settled within it); the
-        readers yield only items orjson can write, so packing them cannot fail."""
+    def _hold(self, group: Group, batch: list[Item], items: dict[int, tuple[Any, int]],
+              owner: Watcher, blob: bytes | None = None) -> Lease:
+        """A new lease of ``batch`` (its frame's ``[(id, item), ...]``), with ``items``
+        (id -> item, attempts). Fresh items are packed for Redis only if the lease outlives
+        its group (most are settled within it); the readers yield only items orjson can
+        write, so packing them cannot fail."""
         now = time.monotonic()
-        lease = Lease(self._next_lease_id(), items, owner, now + self.spec.lease_timeout, now)
+        lease = Lease(self._next_lease_id(), items, owner, now + self.spec.lease_timeout, now,
+                      batch)
         self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)

@@ -226,8 +226,7 @@ class Subscription:
             if self.sizer is not None and not self.leases:
                 self.sizer.idle()  # waiting for work is not working
             return False
-        items = [(i, item) for i, (item, _) in lease.items.items()]
-        batch = Batch.model_construct(job=self.job.name, lease=lease.id, items=items,
+        batch = Batch.model_construct(job=self.job.name, lease=lease.id, items=lease.batch,
                                       lease_timeout=float(self.job.spec.lease_timeout))
         await self.session.send(batch)
         return True

@@ -6,7 +6,7 @@ No behaviour lives here; ``jobs`` acts on these values, ``admin`` and ``report``
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .exceptions import CorruptInput, PlanchetError, ServerError, Unavailable
@@ -75,6 +75,9 @@ class Lease:
     owner: Watcher
     deadline: float
     given: float = 0.0  # when it was leased (time.monotonic)
+    # the batch as leased, ``[(id, item), ...]``: what its frame carries, built once;
+    # ``items`` holds what is still pending of it
+    batch: list[tuple[int, Any]] = field(default_factory=list)
 
 
 class Unusable(ServerError):
