@@ -39,17 +39,6 @@ class _Got:
     lines: list[bytes] = field(default_factory=list)  # of ``items``, for ``_recheck``
 
 
-def _nth_newline(data: bytes, n: int) -> int:
-    """The index of the ``n``-th newline in ``data``, or of its last one if it has fewer;
-    -1 if it has none."""
-    if data.count(b"\n") <= n:
-        return data.rfind(b"\n")
-    at = -1
-    for _ in range(n):
-        at = data.find(b"\n", at + 1)
-    return at
-
-
 def _usable(lines: list[bytes], cap: int) -> int:
     """How many of ``lines`` (newlines cut off), from the first, are at most ``cap``
     bytes and JSON to orjson: the fast lane takes those, the slow lane the next one."""
@@ -94,8 +83,9 @@ class JsonlReader(Reader):
             return False
         try:
             buffered = file.peek(READ_BUFFER)
-            lines = buffered[:_nth_newline(buffered, n) + 1].split(b"\n")
+            lines = buffered[:buffered.rfind(b"\n") + 1].split(b"\n")
             lines.pop()  # what follows the last newline
+            del lines[n:]  # splitting all costs less than counting newlines to find the n-th
             del lines[_usable(lines, self.max_line_bytes):]
             if not lines:
                 return False
