@@ -4,8 +4,9 @@
         async for batch in client.batches("my-job", prefetch=2):
             await batch.ack([(i, work(item)) for i, item in batch.items])
 
-One reader task files every incoming frame into a ``ClientSession`` and wakes whoever
-waits. When the connection drops it reconnects with backoff; the session then sends the
+The connection (``delivery.Delivering``) files every incoming message into a
+``ClientSession`` as it arrives, and wakes whoever waits; a reader task waits for the
+connection to drop. Then it reconnects with backoff; the session then sends the
 credit of every job being consumed and every pending request again, and answers results
 for leases of the old connection as ``dropped`` (the server requeued them). Senders
 never retry by themselves: a send on a dead connection leaves the message pending for
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from .connecting import (
     DEFAULT_URL,
@@ -33,6 +34,7 @@ from .connecting import (
     tls_options,
     websocket_url,
 )
+from .delivery import Delivering
 from .exceptions import ConnectionLost, PlanchetError, Unavailable
 from .messages import (
     Ack,
@@ -99,7 +101,7 @@ class AsyncPlanchetClient:
         # which ``batches`` raises CircuitOpen; 0: never
         self._session = ClientSession(token, max_failing_batches=max_failing_batches,
                                       client=self.client_name)
-        self._ws: ClientConnection | None = None
+        self._ws: Delivering | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sending = asyncio.Lock()  # frames leave in the order the session queued them
         self._opening = asyncio.Lock()
@@ -155,31 +157,41 @@ class AsyncPlanchetClient:
                 last, hint = exc, retry_after(exc)
                 continue
             self._ws = ws
+            ws.deliver_to(self._receive)
             await self._flush()  # the credits and requests the session queued on welcome
             return
         raise ConnectionLost(f"cannot reach {self.url}: {last}") from last
 
-    async def _handshake(self) -> ClientConnection:
+    async def _handshake(self) -> Delivering:
         ws = await connect(self.url, max_size=None, open_timeout=10, close_timeout=2,
-                           **tls_options(self.url, self.ssl))
+                           create_connection=Delivering, **tls_options(self.url, self.ssl))
+        assert isinstance(ws, Delivering)
         try:
             await ws.send(encode(self._session.hello()))
-            self._session.welcome(await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT))
+            self._session.welcome(await ws.first(HELLO_TIMEOUT))
         except BaseException:
             await ws.close()
             raise
         return ws
 
+    def _receive(self, message: bytes) -> None:
+        """File one message, in the connection's protocol callback."""
+        try:
+            self._session.receive(message)
+        except Exception as exc:  # a bug must not leave the waiters waiting for ever; the
+            # connection ends with it, and the reader connects again
+            self._session.fail(ConnectionLost(f"client reader failed: {exc!r}"))
+            raise
+        finally:
+            self._notify()
+
     async def _read_forever(self) -> None:
-        """File frames; reconnect when the connection drops; fail the waiters at the end."""
+        """Reconnect when the connection drops; fail the waiters at the end."""
         try:
             while True:
                 ws = self._ws
                 assert ws is not None
-                with contextlib.suppress(*FAILURES):
-                    async for frame in ws:
-                        self._session.receive(frame)
-                        self._notify()
+                await ws.wait_closed()
                 self._ws = None
                 check_close(ws.close_code)
                 self._session.disconnected()
