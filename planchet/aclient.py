@@ -80,10 +80,10 @@ class WorkBatch:
         """Send the results and go on at once, without waiting for the server's ack, so
         the worker works while the server writes (the fastest way to consume a job).
 
-        They leave before ``batches`` hands out the next batch (within a turn of the
-        loop in any case). Their ack still counts for ``progress`` and the breaker; an
-        error in its place ends ``batches`` with that error. Results that cannot be sent
-        as JSON raise here, as ``ack`` would."""
+        They are written at once (behind a flush under way, within a turn of the loop),
+        with no task step and no wait for the socket to drain. Their ack still counts
+        for ``progress`` and the breaker; an error in its place ends ``batches`` with
+        that error. Results that cannot be sent as JSON raise here, as ``ack`` would."""
         self.client.send_results_nowait(self.job, self.lease, results, errors or [])
 
 
@@ -319,7 +319,17 @@ class AsyncPlanchetClient:
             raise ConnectionLost("not connected: connect (or use async with) first")
         message = make_result(job, lease, results, errors, token or self.token)
         self._session.result(message, wait=False)
-        self._flush_soon()
+        if not self._send_now():
+            self._flush_soon()
+
+    def _send_now(self) -> bool:
+        """Write what is queued at once, unless a flush is under way (frames leave in
+        the order they were queued) or the connection is not open."""
+        ws = self._ws
+        if ws is None or self._sending.locked() or not ws.write_now(self._session.outbox):
+            return False
+        self._session.outbox = []
+        return True
 
     async def release(self, job: str, lease: str, ids: list[int] | None = None,
                       token: str | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import DATA_OPCODES, Frame
+from websockets.protocol import State
 
 
 class Delivering(ClientConnection):
@@ -59,6 +60,16 @@ class Delivering(ClientConnection):
         if self.connection_lost_waiter.done():
             raise self.close_exc
         raise TimeoutError(f"no answer within {timeout:g} s")
+
+    def write_now(self, frames: list[bytes]) -> bool:
+        """Write ``frames`` at once, from plain code (no task step, no wait for the
+        socket to drain): False, and nothing written, unless the connection is open."""
+        if self.protocol.state is not State.OPEN:
+            return False
+        for frame in frames:
+            self.protocol.send_binary(frame)
+        self.send_data()
+        return True
 
     def deliver_to(self, receiver: Callable[[bytes], None]) -> None:
         """From now on hand each message to ``receiver``, those that wait first."""

@@ -154,15 +154,34 @@ async def test_results_sent_without_waiting_are_each_written_once(
     assert seen[-1].final and seen[-1].done == 830
 
 
+async def written_ids(data_dir: Path) -> list[int]:
+    return output_ids(data_dir) if (data_dir / "out.jsonl").exists() else []
+
+
+async def test_results_sent_without_waiting_leave_at_once(server, issues_input, data_dir) -> None:
+    """ack_nowait writes the results then and there: they are written while the consumer
+    is busy elsewhere, before it asks for another batch."""
+    url = f"ws://127.0.0.1:{server.port}"
+    async with AsyncPlanchetClient(url) as client:
+        await client.start_job("now", META, "JsonlReader", writer_name="JsonlWriter",
+                               batch_size=40)
+        async for batch in client.batches("now", prefetch=1):
+            batch.ack_nowait(batch.items)
+            assert await wait_until_async(lambda: written_ids(data_dir), lambda ids: len(ids) >= 40,
+                                          "the 40 results written") == list(range(40))
+            break
+
+
 async def test_closing_sends_the_results_not_yet_sent(server, issues_input, data_dir) -> None:
-    """Results queued with ack_nowait leave before the client closes: they are written,
-    not served again."""
+    """Results queued with ack_nowait while a flush is under way wait for it, and leave
+    before the client closes: they are written, not served again."""
     url = f"ws://127.0.0.1:{server.port}"
     async with AsyncPlanchetClient(url) as client:
         await client.start_job("last", META, "JsonlReader", writer_name="JsonlWriter",
                                batch_size=40)
         async for batch in client.batches("last", prefetch=1):
-            batch.ack_nowait(batch.items)
+            async with client._sending:  # a flush under way: these must queue behind it
+                batch.ack_nowait(batch.items)
             break  # and close at once
     async def written() -> list[int]:
         return output_ids(data_dir) if (data_dir / "out.jsonl").exists() else []
