@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped
 from .version import __version__
 
 HELLO_TIMEOUT = 30.0
+log = logging.getLogger("planchet")
 
 
 @dataclass
@@ -179,9 +181,11 @@ class AsyncPlanchetClient:
         try:
             self._session.receive(message)
         except Exception as exc:  # a bug must not leave the waiters waiting for ever; the
-            # connection ends with it, and the reader connects again
+            # connection ends with it (never half-watched), and the reader connects again
+            log.exception("could not file a message from the server")
             self._session.fail(ConnectionLost(f"client reader failed: {exc!r}"))
-            raise
+            if self._ws is not None:
+                self._ws.transport.abort()
         finally:
             self._notify()
 

@@ -434,7 +434,7 @@ _QUICK_DECODE = {"batch": _quick_batch, "ack": _quick_ack}
 
 def _plain(items: Any) -> bool:
     """Whether ``items`` is a list of ``(id, value)`` pairs (tuples or lists) with int ids:
-    one pass to unpack, one in C to check the ids; the pairs are not copied."""
+    the pairs' types and the ids' checked in C, one pass to unpack; nothing is copied."""
     if type(items) is not list or not set(map(type, items)) <= _PAIR_TYPES:
         return False
     try:

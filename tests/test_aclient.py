@@ -10,7 +10,7 @@ from typing import TypeVar
 import orjson
 import pytest
 
-from planchet import AsyncPlanchetClient, BadRequest, JobNotFound, PlanchetClient
+from planchet import AsyncPlanchetClient, BadRequest, ConnectionLost, JobNotFound, PlanchetClient
 from planchet.embedded import free_port
 from planchet.messages import ItemError
 from planchet.progress import Progress
@@ -159,14 +159,15 @@ async def written_ids(data_dir: Path) -> list[int]:
 
 
 async def test_results_sent_without_waiting_leave_at_once(server, issues_input, data_dir) -> None:
-    """ack_nowait writes the results then and there: they are written while the consumer
-    is busy elsewhere, before it asks for another batch."""
+    """ack_nowait writes the results then and there, before the caller awaits anything:
+    nothing is left queued, and they are written while the consumer is busy elsewhere."""
     url = f"ws://127.0.0.1:{server.port}"
     async with AsyncPlanchetClient(url) as client:
         await client.start_job("now", META, "JsonlReader", writer_name="JsonlWriter",
                                batch_size=40)
         async for batch in client.batches("now", prefetch=1):
             batch.ack_nowait(batch.items)
+            assert client._session.outbox == []  # handed to the socket, not to a later flush
             assert await wait_until_async(lambda: written_ids(data_dir), lambda ids: len(ids) >= 40,
                                           "the 40 results written") == list(range(40))
             break
@@ -275,3 +276,24 @@ async def test_a_worker_survives_kill_and_restart(serve_process, issues_input,
 
     await asyncio.wait_for(work(), 90)  # a hang fails here, before the suite's timeout
     assert output_ids(data_dir) == list(range(830))
+
+
+async def test_a_message_the_session_cannot_file_costs_the_waiters_and_the_connection(
+    server, caplog
+) -> None:
+    """A bug while filing a message (in the protocol callback) answers what waited with
+    ConnectionLost and drops that connection; the client connects again and goes on."""
+    async with AsyncPlanchetClient(f"ws://127.0.0.1:{server.port}") as client:
+        first_ws = client._ws
+        filed = client._session.receive
+
+        def broken(frame: bytes | str) -> None:
+            client._session.receive = filed  # once
+            raise RuntimeError("a bug")
+
+        client._session.receive = broken  # type: ignore[method-assign]
+        with pytest.raises(ConnectionLost, match="a bug"):
+            await client.jobs()
+        assert await client.jobs() == []  # on a new connection
+        assert client._ws is not first_ws
+    assert "could not file a message" in caplog.text

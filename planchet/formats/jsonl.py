@@ -83,9 +83,8 @@ class JsonlReader(Reader):
             return False
         try:
             buffered = file.peek(READ_BUFFER)
-            lines = buffered[:buffered.rfind(b"\n") + 1].split(b"\n")
-            lines.pop()  # what follows the last newline
-            del lines[n:]  # splitting all costs less than counting newlines to find the n-th
+            lines = buffered.split(b"\n", n)
+            lines.pop()  # what follows the n-th newline (or the last), or a part of a line
             del lines[_usable(lines, self.max_line_bytes):]
             if not lines:
                 return False
