@@ -82,10 +82,11 @@ class WorkBatch:
         """Send the results and go on at once, without waiting for the server's ack, so
         the worker works while the server writes (the fastest way to consume a job).
 
-        They are written at once (behind a flush under way, within a turn of the loop),
-        with no task step and no wait for the socket to drain. Their ack still counts
-        for ``progress`` and the breaker; an error in its place ends ``batches`` with
-        that error. Results that cannot be sent as JSON raise here, as ``ack`` would."""
+        They are written at once, with no task step and no wait for the socket to drain
+        (or, while a flush is under way, by that flush once it has sent what it took).
+        Their ack still counts for ``progress`` and the breaker; an error in its place
+        ends ``batches`` with that error. Results that cannot be sent as JSON raise
+        here, as ``ack`` would."""
         self.client.send_results_nowait(self.job, self.lease, results, errors or [])
 
 
@@ -109,8 +110,6 @@ class AsyncPlanchetClient:
         self._opening = asyncio.Lock()
         self._changed = asyncio.Event()  # replaced each time it is set: a broadcast
         self._closing = False
-        self._flush_due = False  # a flush is scheduled for what ``*_nowait`` queued
-        self._flushes: set[asyncio.Future[None]] = set()
 
     async def __aenter__(self) -> AsyncPlanchetClient:
         await self.connect()
@@ -218,37 +217,27 @@ class AsyncPlanchetClient:
             await self._changed.wait()
 
     async def _flush(self) -> None:
-        """Send what the session queued. On a dead connection, stop: the reader sees the
-        drop, and the session queues everything still pending on the next connection."""
+        """Send what the session queued, and what it queues meanwhile. On a dead
+        connection, stop: the reader sees the drop, and the session queues everything
+        still pending on the next connection."""
         async with self._sending:
-            ws = self._ws
-            frames = self._session.take_outbox()
-            if ws is None:
-                return
-            for n, frame in enumerate(frames):
-                try:
-                    await ws.send(frame)
-                except FAILURES:
+            while self._session.outbox and (ws := self._ws) is not None:
+                if not await self._send(ws, self._session.take_outbox()):
                     return
-                except asyncio.CancelledError:  # the caller gave up, the connection did not:
-                    # websockets hands a frame to the socket before its only wait (the
-                    # drain), so this one went; the rest go with the next flush
-                    self._session.outbox[:0] = frames[n + 1:]
-                    raise
 
-    def _flush_soon(self) -> None:
-        """Send what is queued within a turn of the loop (unless a step of ``batches``
-        sends it first)."""
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self._flush_due = False
-        if self._session.outbox and self._ws is not None and not self._closing:
-            task = asyncio.ensure_future(self._flush())
-            self._flushes.add(task)  # kept until done: the loop holds tasks weakly
-            task.add_done_callback(self._flushes.discard)
+    async def _send(self, ws: Delivering, frames: list[bytes]) -> bool:
+        """Send ``frames``; False if the connection failed."""
+        for n, frame in enumerate(frames):
+            try:
+                await ws.send(frame)
+            except FAILURES:
+                return False
+            except asyncio.CancelledError:  # the caller gave up, the connection did not:
+                # websockets hands a frame to the socket before its only wait (the
+                # drain), so this one went; the rest go with the next flush
+                self._session.outbox[:0] = frames[n + 1:]
+                raise
+        return True
 
     async def _ensure_open(self) -> None:
         if self._closing:
@@ -323,17 +312,15 @@ class AsyncPlanchetClient:
             raise ConnectionLost("not connected: connect (or use async with) first")
         message = make_result(job, lease, results, errors, token or self.token)
         self._session.result(message, wait=False)
-        if not self._send_now():
-            self._flush_soon()
+        self._send_now()
 
-    def _send_now(self) -> bool:
-        """Write what is queued at once, unless a flush is under way (frames leave in
-        the order they were queued) or the connection is not open."""
+    def _send_now(self) -> None:
+        """Write what is queued at once, unless a flush is under way (it sends this too,
+        in order) or the connection is not open (the session queues what is pending
+        again on the next one)."""
         ws = self._ws
-        if ws is None or self._sending.locked() or not ws.write_now(self._session.outbox):
-            return False
-        self._session.outbox = []
-        return True
+        if ws is not None and not self._sending.locked() and ws.write_now(self._session.outbox):
+            self._session.outbox = []
 
     async def release(self, job: str, lease: str, ids: list[int] | None = None,
                       token: str | None = None) -> dict[str, Any]:

@@ -4,8 +4,8 @@ websockets' asyncio connection queues incoming messages for a reader to ``recv``
 client that reads every frame at once pays for that queue and for a task switch per
 frame. ``Delivering`` hands each whole message to a callback from inside the protocol
 callback instead, so a frame costs a call into the ``ClientSession``, and the tasks that
-wait are woken with no reader task in between. Control frames (ping, pong, close) and the opening
-handshake are websockets' as usual. Nothing piles up: the session keeps what it is sent,
+wait are woken with no reader task in between. Control frames (ping, pong, close) and
+the opening handshake are websockets' as usual. Nothing piles up: the session keeps what it is sent,
 and the server sends batches only against credit.
 """
 
