@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planchet import strictjson
 from planchet.exceptions import FormatError
@@ -172,6 +174,34 @@ def test_size_and_read_before_open(tmp_path: Path) -> None:
         grow.write(b"3\n")
     assert reader.size() == 6
     reader.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**63 - 1), json_values), max_size=20), st.booleans())
+def test_the_writer_writes_what_orjson_writes_line_by_line(
+    items: list[tuple[int, Any]], bare: bool
+) -> None:
+    """The writer's fast encoding is byte for byte orjson's, one line per result."""
+    writer = JsonlWriter(Path("unused.jsonl"), {"output": "bare"} if bare else {})
+    data, failures = writer.encode(items)
+    assert failures == []
+    assert data == b"".join(orjson.dumps(item if bare else {"id": i, "item": item}) + b"\n"
+                            for i, item in items)
+
+
+def test_a_bare_writer_fails_single_items_too() -> None:
+    data, failures = JsonlWriter(Path("unused.jsonl"), {"output": "bare"}).encode(
+        [(1, "a"), (2, {1, 2}), (3, [3])])
+    assert data == b'"a"\n[3]\n'
+    assert [(i, why.split(":")[0]) for i, why in failures] == [(2, "cannot encode as JSON")]
 
 
 def test_writer_truncates_to_the_committed_offset(tmp_path: Path) -> None:
