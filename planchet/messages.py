@@ -286,20 +286,23 @@ def encode(message: Message) -> bytes:
                          ) from None
 
 
-def _parse(frame: bytes | str, max_depth: int | None) -> Any:
+def _parse(frame: bytes | str, trusted: bool) -> Any:
     try:
-        return strictjson.loads(frame, max_depth)
+        return orjson.loads(frame) if trusted else strictjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         raise BadFrame(f"frame is not JSON: {exc}") from None
     except ValueError as exc:  # JSON, but with values that would change in transit
         raise ProtocolError(f"frame cannot be carried exactly: {exc}") from None
 
 
-def envelope(frame: bytes | str, max_depth: int | None = strictjson.MAX_DEPTH) -> dict[str, Any]:
+def envelope(frame: bytes | str, trusted: bool = False) -> dict[str, Any]:
     """Parse a frame and check only what is cheap: an object with a string ``type``, and
     lists no longer than any message allows. Full validation comes after ``admit``.
-    ``max_depth``: see ``strictjson.loads``."""
-    data = _parse(frame, max_depth)
+
+    The JSON is checked with ``strictjson`` (no integer beyond 64 bits, no nesting
+    orjson cannot write), unless ``trusted``: orjson wrote it, so it reads back as it was.
+    """
+    data = _parse(frame, trusted)
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError('a frame must be a JSON object with a string "type"')
     for key in ("items", "errors"):
@@ -355,8 +358,9 @@ def decode_client(frame: bytes | str | dict[str, Any]) -> ClientMessage:
 
 
 def decode_server(frame: bytes | str) -> ServerMessage:
-    """Parse a frame the server sent (orjson wrote it: no depth to check)."""
-    data = envelope(frame, max_depth=None)
+    """Parse a frame the server sent: orjson wrote it, from values it had read or made
+    exactly, so nothing in it needs ``strictjson``'s checks (a tenth of a batch's cost)."""
+    data = envelope(frame, trusted=True)
     quick = _QUICK_DECODE.get(data["type"])
     return (quick(data) if quick else None) or _validate(_server_adapter, data)
 
