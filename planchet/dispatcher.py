@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from .admin import Admin
 from .auth import Keys, WorkerGrant
@@ -41,6 +42,7 @@ from .messages import (
     StartJob,
     Tokens,
     Watch,
+    admission_of,
 )
 from .parking import Parking, new_name
 from .sessions import Close, Ending, Send, Session, Subscription, no_close, spawn
@@ -211,12 +213,14 @@ class Dispatcher:
         """Check the request's right to run; cheap, so it may run before full validation."""
         self.keys.check(kind, job, token, session.token, replace)
 
-    async def handle(self, session: Session, msg: Message) -> Message | None:
-        """Carry out one message; the reply to send, if any. Errors raise."""
-        kind = getattr(msg, "type", "?")
+    async def handle(self, session: Session, msg: Message, admitted: bool = False
+                     ) -> Message | None:
+        """Carry out one message; the reply to send, if any. Errors raise. ``admitted``:
+        ``admit`` has passed the frame's envelope already (the server does so before it
+        validates a frame; the envelope's fields are the message's once it is valid)."""
         session.seen = time.monotonic()
-        self.admit(session, kind, getattr(msg, "job", None), getattr(msg, "token", None),
-                   replace=getattr(msg, "clean_start", False))
+        if not admitted:
+            self.admit(session, *admission_of(msg))
         match msg:
             case Credit():
                 self._credit(session, msg)
@@ -234,11 +238,15 @@ class Dispatcher:
             case Watch():
                 await self.board.watch(session, msg)  # the reply, then the statuses
                 return None
-            case ServerCommand(type="jobs"):
-                return Reply(id=msg.id, data=[job.report() for job in self.jobs.values()])
             case ServerCommand():
-                return Reply(id=msg.id, data={"deleted": await self.admin.purge()})
+                return Reply(id=msg.id, data=await self._server_command(msg))
         return await self._worker_tokens(session, msg)
+
+    async def _server_command(self, msg: ServerCommand) -> Any:
+        """``jobs``: every job's report; ``purge``: delete them all."""
+        if msg.type == "jobs":
+            return [job.report() for job in self.jobs.values()]
+        return {"deleted": await self.admin.purge()}
 
     async def _worker_tokens(self, session: Session, msg: Message) -> Reply:
         """``grant``, ``tokens``, ``revoke``: their jobs are checked here, where the whole

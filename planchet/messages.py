@@ -324,6 +324,12 @@ def admission(data: dict[str, Any]) -> tuple[str, str | None, str | None, bool]:
     return data["type"], text("job"), text("token"), data.get("clean_start") is True
 
 
+def admission_of(msg: Message) -> tuple[str, str | None, str | None, bool]:
+    """``admission`` of a validated message: the same as its envelope's (a test checks)."""
+    return (getattr(msg, "type", "?"), getattr(msg, "job", None), getattr(msg, "token", None),
+            isinstance(msg, StartJob) and msg.clean_start)
+
+
 def _validate(adapter: TypeAdapter[Any], frame: bytes | str | dict[str, Any]) -> Any:
     data = frame if isinstance(frame, dict) else envelope(frame)
     kind = _shorten(data["type"])

@@ -218,7 +218,7 @@ class PlanchetServer:
             await session.send(_error(exc, data))
             return True
         try:
-            reply = await self.dispatcher.handle(session, msg)
+            reply = await self.dispatcher.handle(session, msg, admitted=True)
         except Exception as exc:
             if not isinstance(exc, PlanchetError):  # a bug must cost one request, not the server
                 log.exception("error handling %s", msg.type)

@@ -32,9 +32,12 @@ from planchet.messages import (
     ServerCommand,
     StartJob,
     Welcome,
+    admission,
+    admission_of,
     decode_client,
     decode_server,
     encode,
+    envelope,
 )
 from tests.fuzz_support import BIG_INTS, client_frame, dumps, mutate, nest, same, template
 
@@ -144,6 +147,19 @@ def test_fuzzer_frames_decode_or_raise_protocol_error(rng: random.Random) -> Non
     frame = client_frame(rng)
     decodes_or_refuses(frame)
     decodes_or_refuses(frame.decode("utf-8", "replace"))
+
+
+@FAST
+@given(st.randoms(use_true_random=False))
+def test_a_frame_is_admitted_on_its_envelope_as_on_its_message(rng: random.Random) -> None:
+    """The server checks a frame's right to run on its envelope alone, before validating
+    it, and not again: so whatever validates must say the same there as the message."""
+    frame = client_frame(rng)
+    try:
+        message = decode_client(frame)
+    except ProtocolError:
+        return
+    assert admission(envelope(frame)) == admission_of(message)
 
 
 @FAST
