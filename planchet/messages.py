@@ -387,10 +387,14 @@ def _items(value: Any) -> list[Item] | None:
     """``[(id, item), ...]`` if ``value`` is a list of ``[id, item]`` pairs with int ids."""
     if type(value) is not list:
         return None
-    for pair in value:
-        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not int:
+    try:  # refuses all but pairs, strings of two characters and objects of two keys...
+        items = [(i, item) for i, item in value]
+    except (TypeError, ValueError):
+        return None
+    for i, _ in items:  # ... whose first element is then a string, no id
+        if type(i) is not int:
             return None
-    return [(i, item) for i, item in value]
+    return items
 
 
 def _item_errors(value: Any) -> list[ItemError] | None:

@@ -299,6 +299,18 @@ def test_the_fast_encoders_write_what_the_models_would() -> None:
         assert orjson.loads(encode(message)) == orjson.loads(orjson.dumps(message.model_dump()))
 
 
+# Not lists of [int id, item] pairs; some unpack as pairs all the same.
+MALFORMED_ITEMS = [["ab"], [{"a": 1, "b": 2}], [[1, 2, 3]], [[1]], [[True, 1]], [[1.0, 1]],
+                   [1], [None], [[0, 1], "xy"], {"0": 1}]
+
+
+@pytest.mark.parametrize("items", MALFORMED_ITEMS)
+def test_a_result_whose_items_are_no_id_value_pairs_is_refused(items: Any) -> None:
+    """The fast lane leaves them to the model, which refuses them."""
+    with pytest.raises(ProtocolError):
+        decode_client(orjson.dumps({"type": "result", "job": "j", "lease": "l", "items": items}))
+
+
 @pytest.mark.parametrize("frame", [
     {"type": "ack", "job": "j", "lease": "l", "written": 3, "retried": 1, "failed": 2,
      "dropped": 4},
@@ -316,6 +328,8 @@ def test_the_fast_encoders_write_what_the_models_would() -> None:
     {"type": "batch", "job": "j", "lease": "l", "items": [[0, {"a": 1}]], "lease_timeout": 5.0},
     {"type": "batch", "job": "j", "lease": "l", "items": [[0, 1]], "lease_timeout": 5},
     {"type": "batch", "job": "j", "lease": "l", "items": [["0", 1]], "lease_timeout": 5.0},
+    *({"type": "batch", "job": "j", "lease": "l", "items": items, "lease_timeout": 5.0}
+      for items in MALFORMED_ITEMS),
 ])
 def test_the_fast_decoders_read_what_the_models_would(frame: dict[str, Any]) -> None:
     """Batches and acks skip pydantic on the way in when their fields are plainly right;
