@@ -351,7 +351,7 @@ def _untried(job: Job, lease_id: str | None) -> bool:
     """Whether the lease holds an item that never failed: a batch of nothing but retries
     (the poisonous items at the end of a job) does not count against its worker."""
     lease = job.leases.get(lease_id or "")
-    return lease is not None and any(attempts == 0 for _, attempts in lease.items.values())
+    return lease is not None and lease.untried()
 
 
 def _key_of(grant: WorkerGrant | None) -> str | None:

@@ -103,17 +103,17 @@ class Job(JobBase):
         self._log_dead(group, [(i, why, 0) for i, why in taken.bad])
         if not taken.items:
             return None
-        return self._hold(group, taken.items, {i: (item, 0) for i, item in taken.items}, owner)
+        return self._hold(group, taken.items, None, owner)
 
-    def _hold(self, group: Group, batch: list[Item], items: dict[int, tuple[Any, int]],
+    def _hold(self, group: Group, batch: list[Item], pending: dict[int, tuple[Any, int]] | None,
               owner: Watcher, blob: bytes | None = None) -> Lease:
-        """A new lease of ``batch`` (its frame's ``[(id, item), ...]``), with ``items``
-        (id -> item, attempts). Fresh items are packed for Redis only if the lease outlives
-        its group (most are settled within it); the readers yield only items orjson can
-        write, so packing them cannot fail."""
+        """A new lease of ``batch`` (its frame's ``[(id, item), ...]``), with ``pending``
+        (id -> item, attempts; None: fresh items). Fresh items are packed for Redis only if
+        the lease outlives its group (most are settled within it); the readers yield only
+        items orjson can write, so packing them cannot fail."""
         now = time.monotonic()
-        lease = Lease(self._next_lease_id(), items, owner, now + self.spec.lease_timeout, now,
-                      batch)
+        lease = Lease(self._next_lease_id(), batch, owner, now + self.spec.lease_timeout, now,
+                      pending)
         self._leased += 1
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
@@ -139,14 +139,12 @@ class Job(JobBase):
         if lease is None or self.broken:
             return Ack(job=self.name, lease=lease_id, dropped=len(results) + len(errors))
         group = self._group()
-        pending = dict(lease.items)
-        accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]
+        pending, accepted, failing = _split(lease, results, errors)
         dead: list[Dead] = []
         requeue: list[LeasedItem] = []
-        failing = [(e, pending.pop(e.id)) for e in errors if e.id in pending]
         for err, entry in failing:
             self._fail_item(requeue, dead, err.id, entry, err.message, err.retry)
-        written = self._write(group, dead, accepted, lease.items)
+        written = self._write(group, dead, accepted, lease)
         self._requeue(group, requeue)
         self._log_dead(group, dead)
         lease.items = pending
@@ -162,13 +160,15 @@ class Job(JobBase):
                    dropped=len(results) + len(errors) - len(accepted) - len(failing))
 
     def _write(self, group: Group, dead: list[Dead], accepted: list[Item],
-               leased: dict[int, tuple[Any, int]]) -> int:
-        """Encode accepted results for the output (a read-only job just counts them)."""
+               lease: Lease | None) -> int:
+        """Encode accepted results for the output (a read-only job just counts them); a
+        result that cannot be encoded fails its item (of ``lease``; None: never leased)."""
         written = len(accepted)
         if accepted and self.files.writer is not None:
             data, bad = self.files.writer.encode(accepted)
             group.output.append(data)
-            dead += [(i, f"cannot write result: {why}", leased[i][1] + 1) for i, why in bad]
+            dead += [(i, f"cannot write result: {why}", (lease.items[i][1] if lease else 0) + 1)
+                     for i, why in bad]
             written -= len(bad)
         self.counts["written"] += written
         return written
@@ -282,6 +282,19 @@ class Job(JobBase):
 
     def report(self) -> dict[str, Any]:
         return job_report(self)
+
+
+def _split(lease: Lease, results: list[Item], errors: list[ItemError]
+           ) -> tuple[dict[int, tuple[Any, int]], list[Item], list[tuple[ItemError, Any]]]:
+    """A result against its lease: what is left pending, the results taken (the first
+    result for an item wins: a later one, or one for an item not pending, is dropped),
+    and the errors for pending items, each with its (item, attempts)."""
+    if not errors and lease.settles_whole(results):
+        return {}, results, []
+    pending = dict(lease.items)
+    accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]
+    failing = [(e, pending.pop(e.id)) for e in errors if e.id in pending]
+    return pending, accepted, failing
 
 
 def _packed(items: dict[int, tuple[Any, int]]) -> list[LeasedItem]:

@@ -53,7 +53,7 @@ class PlanchetCollector(Collector):
             written.add_metric([name], c.get("written", 0))
             failed.add_metric([name], c.get("failed", 0))
             queued.add_metric([name], job.queued)
-            in_flight.add_metric([name], sum(len(le.items) for le in list(job.leases.values())))
+            in_flight.add_metric([name], sum(le.outstanding for le in list(job.leases.values())))
             leases.add_metric([name], len(job.leases))
         yield from (read, written, failed, queued, in_flight, leases)
         yield GaugeMetricFamily("planchet_connections", "Open WebSocket sessions",

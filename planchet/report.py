@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def job_report(job: Job) -> dict[str, Any]:
     c = job.counts
-    in_flight = sum(len(le.items) for le in job.leases.values())
+    in_flight = sum(le.outstanding for le in job.leases.values())
     rate = job.rate.per_second()
     size = _input_size(job)
     remaining = in_flight + job.queued

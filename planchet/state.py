@@ -6,10 +6,13 @@ No behaviour lives here; ``jobs`` acts on these values, ``admin`` and ``report``
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .exceptions import CorruptInput, PlanchetError, ServerError, Unavailable
+
+_ID = operator.itemgetter(0)
 
 
 class JobState(enum.StrEnum):
@@ -68,16 +71,47 @@ class Watcher(Protocol):
     def stall(self) -> None: ...  # its lease expired: feed it nothing until it speaks again
 
 
-@dataclass
+@dataclass(eq=False)
 class Lease:
+    """Items lent to one worker until ``deadline``.
+
+    ``batch`` is the lease as given, ``[(id, item), ...]``, what its frame carries.
+    ``items`` is what is still pending of it: id -> (item, failed attempts before this
+    one). For a fresh batch (``pending`` None) it is made only when first asked for,
+    since most leases are settled whole at once and never need it (``settles_whole``).
+    """
+
     id: str
-    items: dict[int, tuple[Any, int]]  # id -> (item, failed attempts before this one)
+    batch: list[tuple[int, Any]]
     owner: Watcher
     deadline: float
     given: float = 0.0  # when it was leased (time.monotonic)
-    # the batch as leased, ``[(id, item), ...]``: what its frame carries, built once;
-    # ``items`` holds what is still pending of it
-    batch: list[tuple[int, Any]] = field(default_factory=list)
+    pending: dict[int, tuple[Any, int]] | None = None  # None: all of ``batch``, untried
+
+    @property
+    def items(self) -> dict[int, tuple[Any, int]]:
+        if self.pending is None:
+            self.pending = {i: (item, 0) for i, item in self.batch}
+        return self.pending
+
+    @items.setter
+    def items(self, pending: dict[int, tuple[Any, int]]) -> None:
+        self.pending = pending
+
+    @property
+    def outstanding(self) -> int:
+        """How many items are still pending."""
+        return len(self.batch) if self.pending is None else len(self.pending)
+
+    def untried(self) -> bool:
+        """Whether some pending item has never failed before."""
+        return self.pending is None or any(tries == 0 for _, tries in self.pending.values())
+
+    def settles_whole(self, results: list[tuple[int, Any]]) -> bool:
+        """Whether ``results`` are, in order, one for each item of an untouched batch:
+        the usual result, taken without building ``items``."""
+        return (self.pending is None and len(results) == len(self.batch)
+                and list(map(_ID, results)) == list(map(_ID, self.batch)))
 
 
 class Unusable(ServerError):

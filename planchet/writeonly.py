@@ -44,8 +44,7 @@ class WriteOnlyJob(Job):
         fresh = {i for i, new in zip(ids, seen, strict=True) if new and i not in self._settling}
         group = self._group()
         dead: list[Dead] = [(i, why, 1) for i, why in failing.items() if i in fresh]
-        written = self._write(group, dead, [(i, x) for i, x in unique.items() if i in fresh],
-                              {i: (None, 0) for i in unique})
+        written = self._write(group, dead, [(i, x) for i, x in unique.items() if i in fresh], None)
         self._log_dead(group, dead)
         group.change.settled_ids += list(fresh)
         self._settling |= fresh

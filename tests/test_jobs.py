@@ -444,6 +444,28 @@ async def test_an_empty_input_completes_at_once(store: Store, data_dir: Path) ->
     assert output_of(job) == {}
 
 
+async def test_a_whole_batch_in_order_settles_without_an_item_map(
+    store: Store, data_dir: Path, small_input: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual result, one per item in the batch's order, is taken as it is; in any
+    other order it takes the general way, through the lease's item map, to the same end."""
+    mapped: list[str] = []
+    items = Lease.items
+    assert items.fget is not None
+    monkeypatch.setattr(Lease, "items", property(
+        lambda lease: mapped.append(lease.id) or items.fget(lease), items.fset))
+    job = await new_job(store, data_dir, batch_size=3)
+    first, second = await job.lease(Owner(), 3), await job.lease(Owner(), 3)
+    assert first is not None and second is not None
+    assert first.outstanding == 3 and first.untried()
+    ack = await settled(job, first.id, [(i, f"r{i}") for i, _ in first.batch], [])
+    shuffled = [(i, f"r{i}") for i, _ in reversed(second.batch)]
+    assert (await settled(job, second.id, shuffled, [])).written == ack.written == 3
+    assert first.id not in mapped and second.id in mapped
+    assert output_of(job) == {i: f"r{i}" for i in range(6)}
+    assert not job.leases
+
+
 async def test_a_result_the_writer_cannot_encode_is_failed(
     store: Store, data_dir: Path, small_input: list
 ) -> None:
