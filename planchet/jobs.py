@@ -118,7 +118,7 @@ class Job(JobBase):
         self.leases[lease.id] = lease
         owner.leases.add(lease.id)
         def packed() -> bytes:
-            return pack(_packed(lease.items))
+            return pack(_packed(lease))
 
         group.change.hold(lease.id, packed if blob is None else blob, new=True)
         return lease
@@ -149,7 +149,7 @@ class Job(JobBase):
         self._log_dead(group, dead)
         lease.items = pending
         if pending:
-            group.change.hold(lease.id, pack(_packed(pending)))
+            group.change.hold(lease.id, pack(_packed(lease)))
         else:
             self._end(group, lease)
         finishing = self._check_done()
@@ -224,7 +224,7 @@ class Job(JobBase):
             group = self._group()
             self._requeue(group, [(i, *lease.items.pop(i)) for i in back])
             if lease.items:
-                group.change.hold(lease.id, pack(_packed(lease.items)))
+                group.change.hold(lease.id, pack(_packed(lease)))
             else:
                 self._end(group, lease)
         return len(back), 0 if ids is None else asked - len(back)
@@ -297,8 +297,11 @@ def _split(lease: Lease, results: list[Item], errors: list[ItemError]
     return pending, accepted, failing
 
 
-def _packed(items: dict[int, tuple[Any, int]]) -> list[LeasedItem]:
-    return [(i, item, attempts) for i, (item, attempts) in items.items()]
+def _packed(lease: Lease) -> list[LeasedItem]:
+    """What is pending of ``lease``, as Redis keeps it: ``(id, item, attempts)``."""
+    if lease.pending is None:
+        return [(i, item, 0) for i, item in lease.batch]
+    return [(i, item, attempts) for i, (item, attempts) in lease.pending.items()]
 
 
 __all__ = ["DONE", "PAUSED", "RUNNING", "Broken", "Fault", "Job", "JobState", "Lease"]

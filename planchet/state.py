@@ -1,6 +1,7 @@
 """A job's state as typed values: what it is doing, why it is stopped, what it lends.
 
-No behaviour lives here; ``jobs`` acts on these values, ``admin`` and ``report`` read them.
+No behaviour lives here but what a value says of itself; ``jobs`` acts on these values,
+``admin`` and ``report`` read them.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Watcher(Protocol):
     def stall(self) -> None: ...  # its lease expired: feed it nothing until it speaks again
 
 
-@dataclass(eq=False)
+@dataclass
 class Lease:
     """Items lent to one worker until ``deadline``.
 
