@@ -200,9 +200,8 @@ class Dispatcher:
             for lease_id in [le for le in job.leases if le in sub.leases and le not in keep]:
                 lease = job.leases.get(lease_id)  # it may have ended during a send
                 if lease is not None and job.extend(lease_id) is not None:
-                    items = [(i, item) for i, (item, _) in lease.items.items()]
                     await session.send(Batch.model_construct(
-                        job=job.name, lease=lease_id, items=items,
+                        job=job.name, lease=lease_id, items=lease.unsettled,
                         lease_timeout=float(job.spec.lease_timeout)))
             sub.start()
 

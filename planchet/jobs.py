@@ -289,7 +289,7 @@ def _split(lease: Lease, results: list[Item], errors: list[ItemError]
     """A result against its lease: what is left pending, the results taken (the first
     result for an item wins: a later one, or one for an item not pending, is dropped),
     and the errors for pending items, each with its (item, attempts)."""
-    if not errors and lease.settles_whole(results):
+    if not errors and lease.settles_whole(results):  # validated pairs, taken as they are
         return {}, results, []
     pending = dict(lease.items)
     accepted = [(i, item) for i, item in results if pending.pop(i, None) is not None]

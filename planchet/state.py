@@ -100,6 +100,13 @@ class Lease:
         self.pending = pending
 
     @property
+    def unsettled(self) -> list[tuple[int, Any]]:
+        """What is still pending, as a frame carries it: ``[(id, item), ...]``."""
+        if self.pending is None:
+            return self.batch
+        return [(i, item) for i, (item, _) in self.pending.items()]
+
+    @property
     def outstanding(self) -> int:
         """How many items are still pending."""
         return len(self.batch) if self.pending is None else len(self.pending)

@@ -29,7 +29,7 @@ def loads(data: bytes | str, max_depth: int | None = MAX_DEPTH) -> Any:
     """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept.
 
     ``max_depth`` None skips the depth check, for text that orjson wrote (it cannot
-    write deeper than it can read back), such as every frame a Planchet server sends."""
+    write deeper than it can read back)."""
     value = orjson.loads(data)
     _check(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"),
            value, max_depth)

@@ -220,7 +220,7 @@ def _worker(session: Session, job: Job, now: float) -> dict[str, Any]:
         "address": session.address,
         "rate": round(tally.rate(now), 2) if tally else 0.0,
         "done": tally.done if tally else 0, "failed": tally.failed if tally else 0,
-        "leases": len(held), "in_flight": sum(len(lease.items) for lease in held),
+        "leases": len(held), "in_flight": sum(lease.outstanding for lease in held),
         "last_seen": round(max(0.0, now - session.seen), 1),
     }
 
