@@ -466,29 +466,20 @@ async def test_a_whole_batch_in_order_settles_without_an_item_map(
     assert not job.leases
 
 
-async def test_a_whole_batch_after_a_release_writes_only_what_is_still_leased(
-    store: Store, data_dir: Path, small_input: list
+@pytest.mark.parametrize("first", ["release", "error"])
+async def test_a_whole_batch_after_part_went_back_writes_only_what_is_still_leased(
+    store: Store, data_dir: Path, small_input: list, first: str
 ) -> None:
-    """A result listing the whole batch in order, after part of it went back to the
-    queue, takes the general way: the released item is dropped, never written twice."""
+    """A result listing the whole batch in order, after one item was released or failed,
+    takes the general way: that item is dropped, never written twice."""
     job = await new_job(store, data_dir, batch_size=3)
     lease = await job.lease(Owner(), 3)
     assert lease is not None
     ids = [i for i, _ in lease.batch]
-    assert job.release_items(lease.id, [ids[1]]) == (1, 0)
-    ack = await settled(job, lease.id, [(i, f"r{i}") for i in ids], [])
-    assert (ack.written, ack.dropped) == (2, 1)
-
-
-async def test_a_whole_batch_after_an_error_writes_only_what_is_still_leased(
-    store: Store, data_dir: Path, small_input: list
-) -> None:
-    """The same after a first result failed an item: that item's retry is its own."""
-    job = await new_job(store, data_dir, batch_size=3)
-    lease = await job.lease(Owner(), 3)
-    assert lease is not None
-    ids = [i for i, _ in lease.batch]
-    await settled(job, lease.id, [], [ItemError(id=ids[0], message="x")])
+    if first == "release":
+        assert job.release_items(lease.id, [ids[1]]) == (1, 0)
+    else:
+        await settled(job, lease.id, [], [ItemError(id=ids[1], message="x")])
     ack = await settled(job, lease.id, [(i, f"r{i}") for i in ids], [])
     assert (ack.written, ack.dropped) == (2, 1)
 
