@@ -386,7 +386,9 @@ _ACK_KEYS = frozenset({"type", "job", "lease", *_ACK_COUNTS})
 
 
 def _items(value: Any) -> list[Item] | None:
-    """``[(id, item), ...]`` if ``value`` is a list of ``[id, item]`` pairs with int ids."""
+    """``[(id, item), ...]`` if ``value``, decoded JSON, is a list of ``[id, item]`` pairs
+    with int ids. (For a worker's own values, which may be any Python object, see
+    ``_plain``: a dict with int keys would unpack here as a pair.)"""
     if type(value) is not list:
         return None
     try:  # refuses all but pairs, strings of two characters and objects of two keys...

@@ -25,11 +25,8 @@ _MARKS = bytes.maketrans(b"123456789{", b"000000000[")
 _LONG_RUN = b"0" * 19
 
 
-def loads(data: bytes | str, max_depth: int | None = MAX_DEPTH) -> Any:
-    """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept.
-
-    ``max_depth`` None skips the depth check, for text that orjson wrote (it cannot
-    write deeper than it can read back)."""
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON like ``orjson.loads``; ValueError (orjson's included) when it is not kept."""
     value = orjson.loads(data)
     _check(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"),
            value, max_depth)
@@ -46,9 +43,9 @@ def suspect(texts: list[bytes], max_depth: int = MAX_DEPTH) -> bool:
                                   and marks.count(b"[") > max_depth)
 
 
-def _check(raw: bytes, value: Any, max_depth: int | None) -> None:
+def _check(raw: bytes, value: Any, max_depth: int) -> None:
     marks = raw.translate(_MARKS)
-    if max_depth is not None and _too_deep(marks, value, max_depth):
+    if _too_deep(marks, value, max_depth):
         raise ValueError(f"nested deeper than {max_depth} levels")
     if _LONG_RUN in marks:
         json.loads(raw, parse_int=_exact_int)
