@@ -91,3 +91,21 @@ def test_invalid_json_is_still_a_value_error() -> None:
     for data in (b"{", b"", "nan", b"\xff", "1" + "0" * 5000):
         with pytest.raises(ValueError):
             loads(data)
+
+
+@given(st.binary(max_size=40), st.integers(min_value=19, max_value=30), st.binary(max_size=40),
+       st.randoms())
+def test_the_sampled_scan_misses_no_run_of_19_digits(before: bytes, length: int, after: bytes,
+                                                     rng: Any) -> None:
+    """Wherever 19 or more digits stand in a row, the scan that looks at a sixth of the
+    text first still finds them."""
+    digits = bytes(rng.choice(b"0123456789") for _ in range(length))
+    assert strictjson._long_run(before + digits + after)
+    assert not strictjson._long_run(before.translate(None, b"0123456789") + digits[:18])
+
+
+def test_text_with_few_digits_skips_the_whole_scan() -> None:
+    """Ordinary text, with digits here and there, is ruled out by the sample alone."""
+    line = b'{"text":"Apple sold 3 million phones in 2017","meta":{"source":"NYT"}}' * 20
+    assert b"000" not in line[::6].translate(strictjson._DIGITS)
+    assert not strictjson.suspect([line])
