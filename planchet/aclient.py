@@ -25,6 +25,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from .codec import encode, make_result
 from .connecting import (
     DEFAULT_URL,
     FAILURES,
@@ -53,8 +54,6 @@ from .messages import (
     Status,
     Tokens,
     Watch,
-    encode,
-    make_result,
 )
 from .progress import ProgressOption, make_callback
 from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped

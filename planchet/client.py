@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import orjson
 from websockets.sync.client import ClientConnection, connect
 
+from .codec import encode, make_result
 from .connecting import (
     DEFAULT_URL,
     FAILURES,
@@ -58,8 +59,6 @@ from .messages import (
     ServerCommand,
     StartJob,
     Tokens,
-    encode,
-    make_result,
 )
 from .progress import ProgressOption, make_callback
 from .session import MAX_FAILING_BATCHES, ClientSession, check_close, dropped

@@ -21,6 +21,7 @@ from typing import Any
 
 from .admin import Admin
 from .auth import Keys, WorkerGrant
+from .codec import admission_of
 from .config import Settings
 from .exceptions import AuthError, CircuitOpen, PlanchetError, ProtocolError
 from .jobs import Job
@@ -42,7 +43,6 @@ from .messages import (
     StartJob,
     Tokens,
     Watch,
-    admission_of,
 )
 from .parking import Parking, new_name
 from .sessions import Close, Ending, Send, Session, Subscription, no_close, spawn

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from .messages import Batch, encode
+from .codec import encode
+from .messages import Batch
 from .store import Change, Front, LeasedItem, pack
 
 Queue = collections.deque[tuple[bytes, list[LeasedItem]]]  # a job's queue: blob, items

@@ -20,8 +20,9 @@ import contextlib
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from .codec import encode
 from .exceptions import ConnectionLost
-from .messages import Message, encode
+from .messages import Message
 from .sessions import spawn
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from .codec import admission, decode_client, encode, envelope
 from .config import Settings
 from .dispatcher import Dispatcher, Ending, Session
 from .embedded import RedisProcess, supervise
@@ -33,18 +34,7 @@ from .exceptions import (
     Unavailable,
 )
 from .gate import Gate, peer, raise_descriptor_limit
-from .messages import (
-    PROTOCOL_VERSION,
-    ClientMessage,
-    Error,
-    Goodbye,
-    Hello,
-    Welcome,
-    admission,
-    decode_client,
-    encode,
-    envelope,
-)
+from .messages import PROTOCOL_VERSION, ClientMessage, Error, Goodbye, Hello, Welcome
 from .outbox import JoinedWrites, Outbox
 from .store import Store
 from .version import __version__

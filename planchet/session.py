@@ -27,6 +27,7 @@ import operator
 from typing import Any, Literal
 
 from .breaker import Breaker
+from .codec import decode_server, encode
 from .exceptions import (
     BadRequest,
     CircuitOpen,
@@ -53,8 +54,6 @@ from .messages import (
     Status,
     Watch,
     Welcome,
-    decode_server,
-    encode,
 )
 from .progress import ProgressCallback, Tracker
 from .version import __version__

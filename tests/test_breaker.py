@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import ClientConnection
 
+from planchet.codec import encode
 from planchet.messages import (
     Ack,
     Batch,
@@ -25,7 +26,6 @@ from planchet.messages import (
     Message,
     Reply,
     Result,
-    encode,
 )
 from planchet.server import PlanchetServer
 from tests.test_server import LINES, greet, recv, report, request, run_job, start_job

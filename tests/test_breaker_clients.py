@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from planchet import AsyncPlanchetClient, PlanchetClient
+from planchet.codec import encode
 from planchet.exceptions import CircuitOpen
-from planchet.messages import Ack, Error, ItemError, Result, encode
+from planchet.messages import Ack, Error, ItemError, Result
 from planchet.server import PlanchetServer
 from planchet.session import ClientSession
 from tests.support import clean_env, eventually, wait_until

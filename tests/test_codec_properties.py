@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from planchet.codec import admission, admission_of, decode_client, decode_server, encode, envelope
 from planchet.exceptions import PlanchetError, ProtocolError
 from planchet.messages import (
     MAX_BATCH_SIZE,
@@ -32,12 +33,6 @@ from planchet.messages import (
     ServerCommand,
     StartJob,
     Welcome,
-    admission,
-    admission_of,
-    decode_client,
-    decode_server,
-    encode,
-    envelope,
 )
 from tests.fuzz_support import (
     BIG_INTS,

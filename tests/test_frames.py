@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from planchet.codec import decode_server, encode
 from planchet.messages import (
     MAX_BATCH_SIZE,
     PROTOCOL_VERSION,
@@ -24,8 +25,6 @@ from planchet.messages import (
     Reply,
     StartJob,
     Welcome,
-    decode_server,
-    encode,
 )
 from planchet.server import PlanchetServer
 

@@ -25,9 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from planchet.client import PlanchetClient
+from planchet.codec import decode_server, encode
 from planchet.config import Settings
 from planchet.exceptions import ProtocolError
-from planchet.messages import Error, Hello, JobCommand, Reply, decode_server, encode
+from planchet.messages import Error, Hello, JobCommand, Reply
 from planchet.server import PlanchetServer
 from planchet.store import Store
 from tests.fuzz_support import client_frame, handshake, raw_garbage

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from planchet.codec import decode_client, decode_server, encode, make_result
 from planchet.exceptions import BadFrame, BadRequest, ProtocolError
 from planchet.messages import (
     MAX_BATCH_SIZE,
@@ -29,10 +30,6 @@ from planchet.messages import (
     StartJob,
     Status,
     Welcome,
-    decode_client,
-    decode_server,
-    encode,
-    make_result,
 )
 
 CLIENT_MESSAGES: list[Message] = [

@@ -9,8 +9,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from planchet.codec import decode_server
 from planchet.exceptions import ConnectionLost
-from planchet.messages import Ack, Event, decode_server
+from planchet.messages import Ack, Event
 from planchet.outbox import JoinedWrites, Outbox
 
 WAIT = 10.0

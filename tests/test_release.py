@@ -10,10 +10,11 @@ import orjson
 import websockets
 
 from planchet import AsyncPlanchetClient, PlanchetClient
+from planchet.codec import encode
 from planchet.dispatcher import Dispatcher
 from planchet.jobs import Job
 from planchet.leasing import pair_size
-from planchet.messages import Batch, Extend, Release, encode
+from planchet.messages import Batch, Extend, Release
 from planchet.store import Store, unpack
 from tests.support import held
 from tests.test_dispatcher import WAIT, Peer, ids_of

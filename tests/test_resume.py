@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from planchet.aclient import AsyncPlanchetClient
+from planchet.codec import encode
 from planchet.embedded import RedisProcess
 from planchet.exceptions import ConnectionLost
 from planchet.messages import (
@@ -25,7 +26,6 @@ from planchet.messages import (
     Reply,
     Result,
     Welcome,
-    encode,
 )
 from planchet.server import RESTART_HINT, PlanchetServer
 from planchet.session import ClientSession

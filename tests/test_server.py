@@ -14,6 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from planchet.codec import decode_server, encode
 from planchet.embedded import RedisProcess
 from planchet.messages import (
     PROTOCOL_VERSION,
@@ -29,8 +30,6 @@ from planchet.messages import (
     Result,
     StartJob,
     Welcome,
-    decode_server,
-    encode,
 )
 from planchet.server import PlanchetServer
 from tests.support import eventually

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from planchet.codec import encode
 from planchet.config import Settings
 from planchet.dispatcher import Ending
 from planchet.messages import (
@@ -29,7 +30,6 @@ from planchet.messages import (
     Reply,
     ServerCommand,
     Welcome,
-    encode,
 )
 from planchet.server import PlanchetServer
 from planchet.store import Store

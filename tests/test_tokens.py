@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection
 
 from planchet.aclient import AsyncPlanchetClient
 from planchet.client import PlanchetClient
+from planchet.codec import encode
 from planchet.messages import (
     Ack,
     Batch,
@@ -28,7 +29,6 @@ from planchet.messages import (
     Revoke,
     ServerCommand,
     Tokens,
-    encode,
 )
 from planchet.server import PlanchetServer
 from planchet.store import Store

@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from planchet.aclient import AsyncPlanchetClient
 from planchet.client import PlanchetClient
+from planchet.codec import encode
 from planchet.errortail import LAST, MAX_TEXT, TAIL_BYTES, read_tail
 from planchet.messages import (
     PROTOCOL_VERSION,
@@ -32,7 +33,6 @@ from planchet.messages import (
     Status,
     Watch,
     Welcome,
-    encode,
 )
 from planchet.server import PlanchetServer
 from tests.support import REPO, clean_env, eventually

@@ -25,8 +25,9 @@ from websockets.asyncio.client import connect
 from planchet.aclient import AsyncPlanchetClient
 from planchet.cli import main
 from planchet.client import PlanchetClient
+from planchet.codec import encode
 from planchet.exceptions import ConnectionLost
-from planchet.messages import PROTOCOL_VERSION, Hello, Welcome, encode
+from planchet.messages import PROTOCOL_VERSION, Hello, Welcome
 from planchet.server import PlanchetServer
 from planchet.web import CLIENT_ENTRY
 from tests.support import clean_env

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planchet import strictjson
+from planchet.codec import decode_server, encode
 from planchet.exceptions import FormatError
 from planchet.formats import Chunk, JsonlReader, JsonlWriter, Position
-from planchet.messages import Batch, decode_server, encode
+from planchet.messages import Batch
 from tests.formats import ValueJsonlReader
 
 SHARED = Path(
