@@ -3,11 +3,12 @@
     python benchmarks/run.py [--quick] [--parts throughput memory ...] [--markdown]
 
 Parts, in order: throughput (against the bare dispatcher of ceiling.py), clients (the
-CPU of each Python client per batch, against a bare worker), memory (1M and 10M items),
-requeue latency, resume, connections (1,000), many jobs (100), adaptive batching, and a
-dashboard watching 100 jobs and 1,000 connections. --quick runs every part small:
-20,000 items, the four throughput cells of the issue, 1,000 batches per client, the
-1M-item file only, 10 requeue trials.
+CPU of each Python client per batch, against a bare worker), streams (against a Redis
+Streams pipeline written by hand, at three levels of persistence), memory (1M and 10M
+items), requeue latency, resume, connections (1,000), many jobs (100), adaptive
+batching, and a dashboard watching 100 jobs and 1,000 connections. --quick runs every
+part small: 20,000 items, the four throughput cells of the issue, 1,000 batches per
+client, the 1M-item file only, 10 requeue trials.
 Figures print as they are measured; a table of all of them, and how long each part
 took, comes at the end. docs/performance.md says what each figure means.
 """
@@ -31,6 +32,7 @@ import manyjobs
 import memory
 import requeue
 import resume
+import streams
 import throughput
 
 from planchet import __version__
@@ -39,6 +41,7 @@ Part = Callable[[argparse.Namespace], Iterator[common.Row]]
 PARTS: dict[str, Part] = {
     "throughput": throughput.run,
     "clients": clients.run,
+    "streams": streams.run,  # uses --repeat of throughput
     "memory": memory.run,
     "requeue": requeue.run,
     "resume": resume.run,
