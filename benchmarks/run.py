@@ -57,7 +57,7 @@ def options() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="every part, small")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--items", type=int,
-                        help="items for throughput, connections and many jobs "
+                        help="items for throughput, streams, connections and many jobs "
                              "(default 200,000; 20,000 with --quick)")
     parser.add_argument("--trials", type=int, help="requeue trials of each kind (50; 10 quick)")
     parser.add_argument("--markdown", action="store_true", help="the final table in Markdown")

@@ -177,9 +177,9 @@ class Revoke(Message):
 
 class Welcome(Message):
     type: Literal["welcome"] = "welcome"
-    protocol: int = PROTOCOL_VERSION
+    protocol: Int = PROTOCOL_VERSION
     server: str
-    max_message_bytes: int
+    max_message_bytes: Int
     session: str | None = None  # present it in a later hello to resume (resumable only)
     resume_grace: float = 0.0
     resumed: bool = False  # the hello's session was found and taken over
@@ -201,15 +201,15 @@ class Ack(Message):
     type: Literal["ack"] = "ack"
     job: str
     lease: str | None
-    written: int = 0
-    retried: int = 0
-    failed: int = 0
-    dropped: int = 0
+    written: Int = 0
+    retried: Int = 0
+    failed: Int = 0
+    dropped: Int = 0
 
 
 class Reply(Message):
     type: Literal["reply"] = "reply"
-    id: int
+    id: Int
     data: Any = None
 
 
@@ -226,7 +226,7 @@ class Error(Message):
     type: Literal["error"] = "error"
     code: str
     message: str
-    id: int | None = None
+    id: Int | None = None
     job: str | None = None
     retry_after: float | None = None  # seconds: worth trying again then (``unavailable``)
 

@@ -97,15 +97,22 @@ def test_invalid_json_is_still_a_value_error() -> None:
        st.randoms())
 def test_the_sampled_scan_misses_no_run_of_19_digits(before: bytes, length: int, after: bytes,
                                                      rng: Any) -> None:
-    """Wherever 19 or more digits stand in a row, the scan that looks at a sixth of the
-    text first still finds them."""
+    """Wherever 19 or more digits stand in a row, the look at a sixth of the text that
+    comes first does not pass it."""
     digits = bytes(rng.choice(b"0123456789") for _ in range(length))
-    assert strictjson._long_run(before + digits + after)
-    assert not strictjson._long_run(before.translate(None, b"0123456789") + digits[:18])
+    assert not strictjson._few_digits(before + digits + after)
+
+
+@pytest.mark.parametrize("shift", range(6))
+def test_a_big_integer_is_suspect_at_every_alignment(shift: int) -> None:
+    """Lines of text with a 20-digit integer somewhere: flagged whatever its offset."""
+    lines = [b'{"text":"Apple sold 3 million phones"}', b" " * shift + b'{"n":' + b"1" * 20 + b"}"]
+    assert strictjson.suspect(lines)
 
 
 def test_text_with_few_digits_skips_the_whole_scan() -> None:
     """Ordinary text, with digits here and there, is ruled out by the sample alone."""
-    line = b'{"text":"Apple sold 3 million phones in 2017","meta":{"source":"NYT"}}' * 20
-    assert b"000" not in line[::6].translate(strictjson._DIGITS)
-    assert not strictjson.suspect([line])
+    lines = [b'{"text":"Apple sold %d million phones in 2017","meta":{"source":"NYT"}}' % k
+             for k in range(100)]
+    assert strictjson._few_digits(b"\n".join(lines))
+    assert not strictjson.suspect(lines)
