@@ -5,8 +5,8 @@ client that reads every frame at once pays for that queue and for a task switch 
 frame. ``Delivering`` hands each whole message to a callback from inside the protocol
 callback instead, so a frame costs a call into the ``ClientSession``, and the tasks that
 wait are woken with no reader task in between. Control frames (ping, pong, close) and
-the opening handshake are websockets' as usual. Nothing piles up: the session keeps what it is sent,
-and the server sends batches only against credit.
+the opening handshake are websockets' as usual. Nothing piles up: the session keeps
+what it is sent, and the server sends batches only against credit.
 """
 
 from __future__ import annotations
