@@ -7,7 +7,7 @@ client, batches of 100, a credit of 2 per job). The baseline: one job of ``--ite
 headlines that every worker consumes. Then ``--jobs`` jobs of ``items / jobs`` headlines
 each (all reading one input file, each writing its own output), all created before the
 workers start; each worker consumes its share of them at once (worker k takes jobs k,
-k + workers, ...), one connection per worker. Timed as in the throughput benchmark:
+k + workers, ...; the baseline's one job, every worker), one connection per worker. Timed as in the throughput benchmark:
 from the first batch any worker receives to the last worker's sight of its last job's
 end. Every job must be done with every item written.
 """
@@ -32,14 +32,21 @@ def measure(source: Path, n_items: int, n_jobs: int, workers: int) -> float:
           common.PlanchetServer(data) as server, PlanchetClient(server.url) as admin):
         for job in jobs:
             common.start_job(admin, job, source.name, BATCH)
-        crew = common.start_crew([
-            common.worker_command("async", server.url, BATCH, *jobs[k::workers])
-            for k in range(workers)])
+        crew = common.start_crew([common.worker_command("async", server.url, BATCH, *share)
+                                  for share in shares(jobs, workers)])
         common.go(crew)
         reports = common.finish_crew(crew, timeout=120 + n_items / 200)
         for job in jobs:
             common.check_done(admin.get_job_report(job), n_items // n_jobs)
     return n_items / common.elapsed(reports)
+
+
+def shares(jobs: list[str], workers: int) -> list[list[str]]:
+    """The jobs each worker consumes: worker k takes jobs k, k + workers, ...; with fewer
+    jobs than workers (the baseline's one job), every worker takes every job."""
+    if len(jobs) < workers:
+        return [jobs] * workers
+    return [jobs[k::workers] for k in range(workers)]
 
 
 def run(args: argparse.Namespace) -> Iterator[common.Row]:
