@@ -7,9 +7,10 @@ client, batches of 100, a credit of 2 per job). The baseline: one job of ``--ite
 headlines that every worker consumes. Then ``--jobs`` jobs of ``items / jobs`` headlines
 each (all reading one input file, each writing its own output), all created before the
 workers start; each worker consumes its share of them at once (worker k takes jobs k,
-k + workers, ...; the baseline's one job, every worker), one connection per worker. Timed as in the throughput benchmark:
-from the first batch any worker receives to the last worker's sight of its last job's
-end. Every job must be done with every item written.
+k + workers, ...; the baseline's one job, every worker), one connection per worker.
+Timed as in the throughput benchmark: from the first batch any worker receives to the
+last worker's sight of its last job's end. Every job must be done with every item
+written.
 """
 
 from __future__ import annotations
