@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import secrets
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import retrying
-from .commit import Committer, Group
+from .commit import Committer, Flusher, Group
 from .exceptions import BadRequest, PlanchetError, ServerError, Unavailable
 from .formats.errorlog import encode_errors
 from .jobfiles import JobFiles
@@ -38,6 +39,7 @@ class JobBase:
     def __init__(self, spec: JobSpec, store: Store, root: Path | None = None) -> None:
         self.spec = spec
         self.store = store
+        self.flusher = Flusher.of(store)  # shared by the store's jobs
         self.root = root  # the data dir: every file is checked to be inside it when opened
         self.name = spec.name
         self.watchers: set[Watcher] = set()
@@ -274,9 +276,9 @@ class JobBase:
 
     async def _flush(self, group: Group) -> None:
         offsets = self.counts["out_offset"], self.counts["err_offset"]
-        out, err = await asyncio.to_thread(self.files.append, group.output, group.errors, offsets)
-        group.change.fields.update(out_offset=out, err_offset=err)
-        await self.store.commit(self.name, group.change)
+        out, err = await self.flusher.flush(
+            self.name, functools.partial(self.files.append, group.output, group.errors, offsets),
+            group.change)
         self.counts.update(out_offset=out, err_offset=err)
         self.rate.add(self.counts["written"] + self.counts["failed"])
 

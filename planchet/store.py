@@ -345,23 +345,31 @@ class Store:
         seen = await self.redis.smismember(self._ids(name), ids)
         return [not s for s in seen]
 
-    @_storage_step
     async def commit(self, name: str, change: Change) -> None:
         """Commit a group of a job's steps atomically (see ``Change``)."""
+        await self.commit_all([(name, change)])
+
+    @_storage_step
+    async def commit_all(self, changes: list[tuple[str, Change]]) -> None:
+        """Commit groups of steps of several jobs (name, change) in one MULTI/EXEC."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            if change.fields:
-                pipe.hset(self._job(name), mapping=_fields(change.fields))
-            held: dict[Any, Any] = {k: v for k, v in change.leases.items() if v is not None}
-            if any(callable(blob) for blob in held.values()):  # packed now, it could hold
-                raise ValueError("commit of an unsealed change")  # a later group's steps
-            if held:
-                pipe.hset(self._leases(name), mapping=held)
-            if len(held) < len(change.leases):
-                pipe.hdel(self._leases(name), *(k for k, v in change.leases.items() if v is None))
-            self._queue_ops(pipe, self._queue(name), change.queue)
-            if change.settled_ids:
-                pipe.sadd(self._ids(name), *change.settled_ids)
+            for name, change in changes:
+                self._commit_ops(pipe, name, change)
             await pipe.execute()
+
+    def _commit_ops(self, pipe: Any, name: str, change: Change) -> None:
+        if change.fields:
+            pipe.hset(self._job(name), mapping=_fields(change.fields))
+        held: dict[Any, Any] = {k: v for k, v in change.leases.items() if v is not None}
+        if any(callable(blob) for blob in held.values()):  # packed now, it could hold
+            raise ValueError("commit of an unsealed change")  # a later group's steps
+        if held:
+            pipe.hset(self._leases(name), mapping=held)
+        if len(held) < len(change.leases):
+            pipe.hdel(self._leases(name), *(k for k, v in change.leases.items() if v is None))
+        self._queue_ops(pipe, self._queue(name), change.queue)
+        if change.settled_ids:
+            pipe.sadd(self._ids(name), *change.settled_ids)
 
     @staticmethod
     def _queue_ops(pipe: Any, key: str, ops: list[bytes | Front | None]) -> None:
