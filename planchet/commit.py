@@ -165,7 +165,8 @@ class Flusher:
         (``out_offset``, ``err_offset``); the offsets. Raises what either raised."""
         request = _Request(name, append, change, asyncio.get_running_loop().create_future())
         self._waiting.append(request)
-        if self._task is None or self._task.done():
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             self._task = asyncio.create_task(self._run(), name="flush")
         return await asyncio.shield(request.done)
 
@@ -177,7 +178,8 @@ class Flusher:
             except BaseException as exc:  # cancelled, or a bug: nobody waits for ever
                 for request in flushing:
                     _fail(request.done, exc if isinstance(exc, Exception) else _Stopped())
-                raise
+                if not isinstance(exc, Exception):
+                    raise
 
     async def _round(self, flushing: list[_Request]) -> None:
         await asyncio.to_thread(_append_all, flushing)
