@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .auth import Keys, WorkerGrant, digest
+from .commit import Flusher
 from .config import Settings
 from .exceptions import JobConflict, JobNotFound, PlanchetError
 from .formats import check_regular
@@ -49,6 +50,7 @@ class Admin:
         self.settings = settings
         self.keys = keys
         self.jobs: dict[str, Job] = {}
+        self.flusher = Flusher(store)  # shared by every job: flushes waiting together are one
         self._lock = asyncio.Lock()
         self._retry: dict[str, tuple[int, float]] = {}  # job -> (failed reopens, next try)
 
@@ -97,7 +99,7 @@ class Admin:
             await job.close()
 
     def _job(self, spec: JobSpec) -> Job:
-        return new_job(spec, self.store, root=self.settings.data_dir)
+        return new_job(spec, self.store, root=self.settings.data_dir, flusher=self.flusher)
 
     def get(self, name: str) -> Job:
         job = self.jobs.get(name)

@@ -17,15 +17,14 @@ load instead of being one step per fsync, and the rules stay those of a single s
 
 The jobs of one server share their flushes too (``Flusher``): those that wait at the
 same moment take one thread hop, where each job's files are appended and fsynced in
-turn, and one MULTI/EXEC for all their changes. A hundred jobs served at once then
-cost about as many commits as one.
+turn, and one MULTI/EXEC for all their changes. A hundred jobs served at once then take
+about as many thread hops and transactions as one (each still fsyncs its own files).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -121,7 +120,8 @@ class Committer:
 
 
 class _Stopped(Exception):
-    """The job was reopened or closed before this group could be committed."""
+    """The job was reopened or closed before this group could be committed, or its
+    flusher was stopped (cancelled) with the group's flush in it."""
 
 
 Offsets = tuple[int, int]  # the output's and the error file's length
@@ -129,44 +129,34 @@ Offsets = tuple[int, int]  # the output's and the error file's length
 
 @dataclass
 class _Request:
-    """One job's flush: its files' append (run in a thread; the new offsets), then its
+    """One job's flush: its files' append (in the thread: the new offsets), then its
     change, with those offsets, in the shared transaction."""
 
     name: str
     append: Callable[[], Offsets]
     change: Change
     done: asyncio.Future[Offsets]
-    offsets: Offsets | Exception = (0, 0)
 
 
 class Flusher:
-    """The flushes of one store's jobs: those that wait at the same moment share a thread
-    hop and a transaction. A job whose append fails fails alone (nothing of it goes to
-    Redis); a transaction that fails fails every job in it, and each is reopened from
-    what Redis holds, as when it fails alone."""
-
-    _shared: weakref.WeakKeyDictionary[Store, Flusher] = weakref.WeakKeyDictionary()
+    """The flushes of jobs that share it: those that wait at the same moment share a
+    thread hop (each job's files appended and fsynced in turn) and a transaction. A job
+    whose append fails fails alone (nothing of it goes to Redis); a transaction that
+    fails fails every job in it, and each is reopened from what Redis holds, as when it
+    fails alone. The server's jobs share one (``admin``); a job made alone has its own."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._waiting: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def of(cls, store: Store) -> Flusher:
-        """The flusher every job of ``store`` shares."""
-        flusher = cls._shared.get(store)
-        if flusher is None:
-            flusher = cls._shared[store] = cls(store)
-        return flusher
-
     async def flush(self, name: str, append: Callable[[], Offsets], change: Change) -> Offsets:
         """Run ``append`` in a thread, then commit ``change`` with the offsets it returns
-        (``out_offset``, ``err_offset``); the offsets. Raises what either raised."""
+        (``out_offset``, ``err_offset``); the offsets. Raises what the append raised, or
+        what the transaction, which this job shares with others, raised."""
         request = _Request(name, append, change, asyncio.get_running_loop().create_future())
         self._waiting.append(request)
-        task = self._task
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="flush")
         return await asyncio.shield(request.done)
 
@@ -176,41 +166,45 @@ class Flusher:
             try:
                 await self._round(flushing)
             except BaseException as exc:  # cancelled, or a bug: nobody waits for ever
+                flushing += self._waiting
+                self._waiting = []
                 for request in flushing:
                     _fail(request.done, exc if isinstance(exc, Exception) else _Stopped())
                 if not isinstance(exc, Exception):
                     raise
 
     async def _round(self, flushing: list[_Request]) -> None:
-        await asyncio.to_thread(_append_all, flushing)
-        appended: list[tuple[_Request, Offsets]] = []
-        for request in flushing:
-            if isinstance(request.offsets, Exception):
-                _fail(request.done, request.offsets)
+        appended = await asyncio.to_thread(_append_all, [r.append for r in flushing])
+        committing: list[tuple[_Request, Offsets]] = []
+        for request, offsets in zip(flushing, appended, strict=True):
+            if isinstance(offsets, Exception):
+                _fail(request.done, offsets)
             else:
-                out, err = request.offsets
+                out, err = offsets
                 request.change.fields.update(out_offset=out, err_offset=err)
-                appended.append((request, request.offsets))
-        if not appended:
+                committing.append((request, offsets))
+        if not committing:
             return
         try:
-            await self.store.commit_all([(r.name, r.change) for r, _ in appended])
+            await self.store.commit_all([(r.name, r.change) for r, _ in committing])
         except Exception as exc:
-            for request, _ in appended:
+            for request, _ in committing:
                 _fail(request.done, exc)
             return
-        for request, offsets in appended:
+        for request, offsets in committing:
             if not request.done.done():
                 request.done.set_result(offsets)
 
 
-def _append_all(flushing: list[_Request]) -> None:
+def _append_all(appends: list[Callable[[], Offsets]]) -> list[Offsets | Exception]:
     """In the thread: each job's append, in turn; a failure is that job's alone."""
-    for request in flushing:
+    results: list[Offsets | Exception] = []
+    for append in appends:
         try:
-            request.offsets = request.append()
+            results.append(append())
         except Exception as exc:
-            request.offsets = exc
+            results.append(exc)
+    return results
 
 
 def _fail(done: asyncio.Future[Offsets], exc: Exception) -> None:

@@ -36,10 +36,11 @@ Dead = tuple[int, str, int | None]  # id, why, attempts
 class JobBase:
     """Life cycle, failure and commits of one job; ``jobs.Job`` adds the serving."""
 
-    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None) -> None:
+    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None,
+                 flusher: Flusher | None = None) -> None:
         self.spec = spec
         self.store = store
-        self.flusher = Flusher.of(store)  # shared by the store's jobs
+        self.flusher = flusher or Flusher(store)  # the server's jobs share one
         self.root = root  # the data dir: every file is checked to be inside it when opened
         self.name = spec.name
         self.watchers: set[Watcher] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .commit import Flusher
 from .exceptions import Unavailable
 from .jobs import Dead, Job
 from .messages import Ack, Item, ItemError
@@ -17,14 +18,16 @@ from .spec import JobSpec
 from .store import Store
 
 
-def new_job(spec: JobSpec, store: Store, root: Path | None = None) -> Job:
+def new_job(spec: JobSpec, store: Store, root: Path | None = None,
+            flusher: Flusher | None = None) -> Job:
     """The job for ``spec``: a ``WriteOnlyJob`` for mode ``write``."""
-    return (WriteOnlyJob if spec.mode == "write" else Job)(spec, store, root)
+    return (WriteOnlyJob if spec.mode == "write" else Job)(spec, store, root, flusher)
 
 
 class WriteOnlyJob(Job):
-    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None) -> None:
-        super().__init__(spec, store, root)
+    def __init__(self, spec: JobSpec, store: Store, root: Path | None = None,
+                 flusher: Flusher | None = None) -> None:
+        super().__init__(spec, store, root, flusher)
         self._settling: set[int] = set()  # ids in groups not yet committed
 
     def _forget(self) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from planchet.commit import Committer, Flusher, Group, Offsets
+from planchet.commit import Committer, Flusher, Group, Offsets, _Stopped
 from planchet.store import Change, Store
 from tests.support import eventually
 
@@ -167,3 +167,19 @@ async def test_a_failed_transaction_fails_every_job_of_its_round(store: Store) -
             await asyncio.wait_for(task, WAIT)
     assert await _fields(store, "y") == {}
     assert await asyncio.wait_for(flusher.flush("z", _appending((3, 0)), Change()), WAIT) == (3, 0)
+
+
+async def test_a_cancelled_round_fails_every_flush_in_it_and_waiting(store: Store) -> None:
+    """When the flusher's round is cancelled (the server's loop ends), the jobs of that
+    round and those waiting for the next all hear it: none waits for ever."""
+    flusher = Flusher(store)
+    gate, first = await _hold_a_round(flusher)
+    waiting = asyncio.create_task(flusher.flush("w", _appending((1, 0)), Change()))
+    await eventually(lambda: len(flusher._waiting) == 1, "a flush to wait", WAIT)
+    assert flusher._task is not None
+    flusher._task.cancel()
+    for task in (first, waiting):
+        with pytest.raises(_Stopped):
+            await asyncio.wait_for(task, WAIT)
+    gate.set()  # the thread's append ends; nothing of it is committed
+    assert await _fields(store, "w") == {}

@@ -207,6 +207,22 @@ async def test_credit_drives_a_whole_job_with_two_sessions(
     assert sorted(output_ids(data_dir / "j.out.jsonl")) == list(range(LINES))
 
 
+async def test_the_jobs_of_a_server_share_one_flusher(
+    dispatcher: Dispatcher, issues_input: Path, data_dir: Path
+) -> None:
+    """Jobs served at once flush through the server's one ``Flusher`` (flushes that wait
+    together share a thread hop and a transaction), and each writes every line once."""
+    a, b = Peer(dispatcher), Peer(dispatcher)
+    await a.start("a", batch_size=7)
+    await b.start("b", batch_size=5)
+    await a.credit(2, job="a")
+    await b.credit(2, job="b")
+    assert await asyncio.gather(a.work("a"), b.work("b")) == [LINES, LINES]
+    assert dispatcher.admin.get("a").flusher is dispatcher.admin.get("b").flusher
+    for job in ("a", "b"):
+        assert sorted(output_ids(data_dir / f"{job}.out.jsonl")) == list(range(LINES))
+
+
 async def test_credit_on_a_done_job_says_done(dispatcher: Dispatcher, data_dir: Path) -> None:
     (data_dir / "in.jsonl").write_bytes(b'{"a": 1}\n')
     peer = Peer(dispatcher)
