@@ -121,7 +121,7 @@ class Committer:
 
 class _Stopped(Exception):
     """The job was reopened or closed before this group could be committed, or its
-    flusher was stopped (cancelled) with the group's flush in it."""
+    flusher's round was cancelled with the group's flush in it or waiting for it."""
 
 
 Offsets = tuple[int, int]  # the output's and the error file's length
@@ -153,7 +153,8 @@ class Flusher:
     async def flush(self, name: str, append: Callable[[], Offsets], change: Change) -> Offsets:
         """Run ``append`` in a thread, then commit ``change`` with the offsets it returns
         (``out_offset``, ``err_offset``); the offsets. Raises what the append raised, or
-        what the transaction, which this job shares with others, raised."""
+        what the transaction, which this job shares with others, raised; ``_Stopped``
+        if the flusher's round was cancelled first."""
         request = _Request(name, append, change, asyncio.get_running_loop().create_future())
         self._waiting.append(request)
         if self._task is None or self._task.done():
