@@ -96,6 +96,29 @@ def test_server_killed_and_restarted(serve_process, workers, job_input, data_dir
     assert_exactly_once(data_dir, job_input)
 
 
+def test_server_killed_while_two_jobs_share_their_commits(
+        serve_process, workers, job_input, data_dir):
+    """Two jobs served at once share their group commits (one transaction for both);
+    a server SIGKILLed mid-way and restarted finishes each with every id exactly once."""
+    client = PlanchetClient(serve_process.url, retries=40)
+    for job in ("one", "two"):
+        client.start_job(job, {"input_file_path": "headlines.jsonl",
+                               "output_file_path": f"{job}.jsonl"},
+                         "JsonlReader", writer_name="JsonlWriter")
+    procs = [workers(serve_process.url, job=job, delay=0.05) for job in ("one", "two")]
+    wait_until(lambda: min(client.get_job_report(job)["written"] for job in ("one", "two"))
+               >= 200, "progress on both jobs", WAIT)
+    serve_process.kill()
+    serve_process.start()
+    finish(procs)
+    for job in ("one", "two"):
+        assert client.get_job_report(job)["state"] == "done"
+        ids = sorted(orjson.loads(line)["id"]
+                     for line in (data_dir / f"{job}.jsonl").read_bytes().splitlines())
+        assert ids == list(range(job_input))
+        assert (data_dir / f"{job}.jsonl.errors.jsonl").read_bytes() == b""
+
+
 def test_server_with_embedded_redis_killed_and_restarted(data_dir, workers, job_input):
     """A SIGKILLed server whose own redis-server lives on restarts on that one Redis."""
     server = ServeProcess(data_dir)  # no --redis: serve runs its own
