@@ -90,7 +90,7 @@ class JobBase:
         if record.rotation is not None:  # a retry was cut short: before any file is cut
             await self._rotate(*record.rotation)
         self.retries = await self.store.retries(self.name)
-        queue = await self.store.requeue_all_leases(self.name)
+        queue = await self.store.requeue_all_leases(self.name, self._reread)
         self.queue = collections.deque((pack(batch), batch) for batch in queue)
         self.state = JobState(record.state)
         self.counts = dict(record.counts)
@@ -107,6 +107,9 @@ class JobBase:
         finishing = self._check_done()
         if finishing is not None:
             await self._wait(finishing)
+
+    async def _reread(self, blobs: list[bytes]) -> list[bytes]:
+        return await asyncio.to_thread(self.files.reread, blobs)  # never block the loop
 
     async def retry(self) -> dict[str, Any]:
         """Put the items of the error file back in the queue, once; rotate the file.

@@ -29,7 +29,7 @@ from .messages import Ack, Item, ItemError
 from .readahead import Closed, ReadAhead
 from .report import job_report
 from .state import DONE, PAUSED, RUNNING, Broken, Fault, JobState, Lease, Watcher
-from .store import LeasedItem, pack
+from .store import Blob, LeasedItem, Span, pack
 
 log = logging.getLogger("planchet")
 
@@ -99,18 +99,21 @@ class Job(JobBase):
             self.counts["exhausted"] = 1
         if taken is None:
             return None
+        start = self.counts["next_id"], self.counts["offset"]
         self.counts["next_id"], self.counts["offset"] = taken.next_id, taken.end
         self._log_dead(group, [(i, why, 0) for i, why in taken.bad])
         if not taken.items:
             return None
-        return self._hold(group, taken.items, None, owner)
+        span = Span(start, (taken.next_id, taken.end), len(taken.items))
+        return self._hold(group, taken.items, None, owner,
+                          span.pack if ahead.reader.rereadable else None)
 
     def _hold(self, group: Group, batch: list[Item], pending: dict[int, tuple[Any, int]] | None,
-              owner: Watcher, blob: bytes | None = None) -> Lease:
+              owner: Watcher, blob: Blob | None = None) -> Lease:
         """A new lease of ``batch`` (its frame's ``[(id, item), ...]``), with ``pending``
-        (id -> item, attempts; None: fresh items). Fresh items are packed for Redis only if
-        the lease outlives its group (most are settled within it); the readers yield only
-        items orjson can write, so packing them cannot fail."""
+        (id -> item, attempts; None: fresh items). Redis keeps ``blob``, or else the items
+        packed, only if the lease outlives its group (most are settled within it); the
+        readers yield only items orjson can write, so packing them cannot fail."""
         now = time.monotonic()
         lease = Lease(self._next_lease_id(), batch, owner, now + self.spec.lease_timeout, now,
                       pending)

@@ -8,7 +8,9 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
                           out_offset, err_offset, written, failed; while a retry
                           rotates the error file: rotating (the path it goes to)
                           and rotating_keep (the lines the new one starts with)
-    P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...]
+    P job:<name>:leases   hash: lease id -> JSON [[id, item, attempts], ...], or, for a
+                          fresh lease of a file that can be read again cheaply, JSON
+                          {"span": [first id, its offset, next id, its offset, good items]}
     P job:<name>:queue    list of JSON [[id, item, attempts], ...] waiting to be served again
     P job:<name>:ids      set of ids a write-only job has settled (written or failed)
     P job:<name>:retries  list of JSON {time, items, file}: each retry of the job's failures
@@ -16,8 +18,10 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
 
 Every change that moves items between states is one MULTI/EXEC, so Redis always
 holds a consistent picture: a crash at any point leaves either the old state or the
-new one. Item payloads live in Redis only while leased or queued, so memory there is
-bounded by what is in flight, never by the size of the file.
+new one. Item payloads live in Redis only while queued to be served again, or leased
+after a retry or a partial result (a fresh lease names its span of the input, read
+again on reopen), so memory there is bounded by what is in flight, never by the size
+of the file.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 import orjson
 import redis.asyncio as redis
@@ -70,6 +74,35 @@ def pack_leased(
 
 def unpack(blob: bytes) -> list[LeasedItem]:
     return [(i, item, attempts) for i, item, attempts in orjson.loads(blob)]
+
+
+class Span(NamedTuple):
+    """A fresh lease as Redis keeps it: where in the input its records are, not the
+    items themselves. Its ``good`` items are the records from ``start`` up to
+    ``end`` (positions: an id and a byte offset), read again from the file when the job
+    reopens. A lease that is partly settled, and one of items served again, keep their
+    items instead (``pack``)."""
+
+    start: tuple[int, int]  # (id, byte offset), as ``formats.Position``
+    end: tuple[int, int]
+    good: int  # items: the records between that are not bad
+
+    def pack(self) -> bytes:
+        return orjson.dumps({"span": [*self.start, *self.end, self.good]})
+
+    @staticmethod
+    def unpack(blob: bytes) -> Span | None:
+        """The span ``blob`` holds; None if it holds items."""
+        if not blob.startswith(SPAN):
+            return None
+        first, start, next_id, end, good = orjson.loads(blob)["span"]
+        return Span((first, start), (next_id, end), good)
+
+
+SPAN = b'{"span":'  # how a span's blob starts; items' blobs start with "["
+
+
+Reread = Callable[[list[bytes]], Awaitable[list[bytes]]]  # leases' blobs, spans read again
 
 
 @dataclass(frozen=True)
@@ -299,15 +332,22 @@ class Store:
     # --- items ----------------------------------------------------------------------
 
     @_storage_step
-    async def requeue_all_leases(self, name: str) -> list[list[LeasedItem]]:
+    async def requeue_all_leases(self, name: str, reread: Reread | None = None
+                                 ) -> list[list[LeasedItem]]:
         """Move every lease back to the queue; return the queue, for counting.
 
         Run when a job is (re)opened: leases of a previous server process, or from
-        before a Redis restart, have no live owner any more.
+        before a Redis restart, have no live owner any more. Leases kept as a ``Span``
+        are queued as their items, which ``reread`` reads again from the input.
         """
         leases = await self.redis.hgetall(self._leases(name))
+        blobs = cast(list[bytes], list(leases.values()))  # the client decodes nothing
+        if any(blob.startswith(SPAN) for blob in blobs):
+            if reread is None:
+                raise ValueError(f"job {name} has leases kept as spans of its input")
+            blobs = await reread(blobs)
         async with self.redis.pipeline(transaction=True) as pipe:
-            for blob in leases.values():
+            for blob in blobs:
                 pipe.rpush(self._queue(name), blob)
             pipe.delete(self._leases(name))
             pipe.lrange(self._queue(name), 0, -1)

@@ -242,8 +242,9 @@ class JobRun:
         queued = [i for blob in queue for i, _, _ in unpack(blob)]
         stored = await self.store.redis.hgetall(f"{PREFIX}job:{name}:leases")
         leased = {lid: sorted(pending(le)) for lid, le in job.leases.items()}
-        assert {k.decode(): sorted(i for i, _, _ in unpack(v))
-                for k, v in stored.items()} == leased, "leases in memory differ from Redis"
+        stored_items = dict(zip(stored, job.files.reread(list(stored.values())), strict=True))
+        assert {k.decode(): sorted(i for i, _, _ in unpack(v))  # spans read from the file
+                for k, v in stored_items.items()} == leased, "leases in memory differ from Redis"
         unread = list(range(job.counts["next_id"], TOTAL))
         places = out + err + queued + [i for ids in leased.values() for i in ids] + unread
         assert sorted(places) == list(range(TOTAL)), "an id is lost or in two places"

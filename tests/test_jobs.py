@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from planchet.jobs import Job
 from planchet.messages import Ack, ItemError, StartJob
 from planchet.spec import build_spec
 from planchet.state import DONE, PAUSED, RUNNING, Fault, Lease
-from planchet.store import Store
+from planchet.store import Span, Store, unpack
 from planchet.writeonly import new_job as make_job
 from tests.support import held
 
@@ -346,17 +347,19 @@ async def test_reopening_after_a_crash_cuts_files_back_and_requeues_leases(
 async def test_resume_seeks_instead_of_reading_again(
     store: Store, data_dir: Path, issues_input: Path
 ) -> None:
-    """Scribble over what was already read: a reopened job must never look at it."""
+    """Scribble over what was already read and settled: a reopened job must never look
+    at it (a lease still out is read again, from its span of the file)."""
     source = issues_input.read_bytes()
     crashed = await new_job(store, data_dir, batch_size=50)
     owner = Owner()
-    leases = [await crashed.lease(owner, 50) for _ in range(4)]
+    leases = [await crashed.lease(owner, 50) for _ in range(3)]
+    consumed = crashed.counts["offset"]
+    leases.append(await crashed.lease(owner, 50))
     assert all(leases)
     for lease in leases[:3]:
         await settled(crashed, lease.id, items_of(lease), [])
-    consumed = crashed.counts["offset"]
     assert crashed.counts["next_id"] == 200
-    assert 0 < consumed < len(source)
+    assert 0 < consumed < crashed.counts["offset"] < len(source)
 
     garbage = bytes(b if b == ord("\n") else ord("#") for b in source[:consumed])
     with issues_input.open("r+b") as f:
@@ -376,10 +379,68 @@ async def test_reopen_refuses_an_input_that_changed_under_the_cursor(
     job = await new_job(store, data_dir, batch_size=3)
     lease = await job.lease(Owner(), 3)
     assert lease is not None
-    await job.flushed()
+    await settled(job, lease.id, items_of(lease), [])
     (data_dir / "in.jsonl").write_bytes(b'{"x": 1}\n')  # shorter than the committed offset
     with pytest.raises(FormatError, match="offset"):
         await reopen(job)
+
+
+async def test_a_lease_that_outlives_its_commit_keeps_its_span_of_the_file_not_its_items(
+    store: Store, data_dir: Path
+) -> None:
+    """Redis holds where a fresh lease's records are; a reopen reads them again, skips
+    the bad record among them without failing it twice, and loses nothing."""
+    records = [{"n": k, "text": "x" * 200} for k in range(6)]
+    lines = [orjson.dumps(r) for r in records]
+    lines[2] = b"not json"
+    (data_dir / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    crashed = await new_job(store, data_dir, batch_size=3)
+    lease = await crashed.lease(Owner(), 3)
+    assert lease is not None and sorted(lease.items) == [0, 1, 3]
+    await crashed.flushed()
+    stored = await store.redis.hget("planchet:job:j:leases", lease.id)
+    assert stored is not None and Span.unpack(stored) is not None
+    assert len(stored) < 100  # no item in it
+
+    job = await reopen(crashed)
+    assert job.queued == 3
+    await drain(job)
+    assert output_of(job) == {k: records[k] for k in (0, 1, 3, 4, 5)}
+    assert set(errors_of(job)) == {2}
+
+
+async def test_a_span_of_the_file_that_changed_breaks_the_job_with_a_clear_error(
+    store: Store, data_dir: Path, issues_input: Path
+) -> None:
+    crashed = await new_job(store, data_dir, batch_size=10)
+    lease = await crashed.lease(Owner(), 10)
+    assert lease is not None
+    await crashed.flushed()
+    source = issues_input.read_bytes()
+    issues_input.write_bytes(b"\n" + source)  # every record moved by one byte
+    with pytest.raises(FormatError, match="has changed under the job: records 0 to 9"):
+        await reopen(crashed)
+    issues_input.write_bytes(source)  # put back, the job reopens with nothing lost
+    job = await reopen(crashed)
+    await drain(job)
+    assert len(output_of(job)) == LINES
+
+
+async def test_a_gzip_lease_keeps_its_items_since_its_span_would_cost_a_full_inflate(
+    store: Store, data_dir: Path, issues_input: Path
+) -> None:
+    (data_dir / "in.jsonl.gz").write_bytes(gzip.compress(issues_input.read_bytes()))
+    crashed = await new_job(store, data_dir, batch_size=10, metadata={
+        "input_file_path": "in.jsonl.gz", "output_file_path": "out.jsonl"})
+    lease = await crashed.lease(Owner(), 10)
+    assert lease is not None
+    await crashed.flushed()
+    stored = await store.redis.hget("planchet:job:j:leases", lease.id)
+    assert stored is not None and Span.unpack(stored) is None
+    assert [i for i, _, _ in unpack(stored)] == list(range(10))
+    job = await reopen(crashed)
+    await drain(job)
+    assert len(output_of(job)) == LINES
 
 
 async def test_a_missing_input_file_cannot_be_opened_until_it_is_back(

@@ -7,7 +7,7 @@ import redis.asyncio
 
 from planchet.embedded import RedisProcess
 from planchet.exceptions import Unavailable
-from planchet.store import Change, Store, pack, unpack
+from planchet.store import Change, Span, Store, pack, unpack
 
 FILES = ["/data/out.jsonl", "/data/out.jsonl.errors.jsonl"]
 
@@ -97,6 +97,27 @@ async def test_the_queue_changes_in_the_order_the_steps_made_them(store: Store) 
                                           pack([(3, "d", 1)])],
                                    leases={"l1": pack([(0, "a", 1)]), "l2": None}))
     assert await store.requeue_all_leases("j") == [[(3, "d", 1)], [(0, "a", 1)]]
+
+
+async def test_leases_kept_as_spans_are_queued_as_the_items_read_again(store: Store) -> None:
+    """A span names where a lease's records are; requeueing asks for its items, in
+    the leases' order, and queues them in one step with the rest."""
+    span = Span((10, 400), (13, 520), 2)
+    assert Span.unpack(span.pack()) == span and Span.unpack(pack([(0, "a", 0)])) is None
+    await store.create_job("j", {"spec": "s"}, FILES)
+    await store.commit("j", Change(leases={"l1": span.pack(), "l2": pack([(0, "a", 2)])}))
+    with pytest.raises(ValueError, match="spans"):
+        await store.requeue_all_leases("j")
+    asked = []
+
+    async def reread(blobs: list[bytes]) -> list[bytes]:
+        asked.extend(blobs)
+        return [pack([(10, "k", 0), (12, "m", 0)]) if Span.unpack(b) else b for b in blobs]
+
+    assert await store.requeue_all_leases("j", reread) == [
+        [(10, "k", 0), (12, "m", 0)], [(0, "a", 2)]]
+    assert asked == [span.pack(), pack([(0, "a", 2)])]
+    assert await store.requeue_all_leases("j") == [[(10, "k", 0), (12, "m", 0)], [(0, "a", 2)]]
 
 
 async def test_a_lease_written_and_dropped_in_one_commit_is_gone(store: Store) -> None:

@@ -84,6 +84,9 @@ class Reader(abc.ABC):
         self._next_id = 0
         self._offset = 0
         self._probe = bytearray()  # scratch for ``cached``
+        # whether ``reread`` is cheap, a seek: gzip has no index, so it would inflate
+        # everything before the records
+        self.rereadable = not is_gzip(self.path)
 
     @abc.abstractmethod
     def open(self, position: Position = START) -> None:
@@ -92,6 +95,26 @@ class Reader(abc.ABC):
     @abc.abstractmethod
     def read(self, n: int) -> Chunk:
         """Read up to ``n`` good items; an empty chunk means end of file."""
+
+    def reread(self, start: Position, end: Position, count: int) -> list[tuple[int, Any]]:
+        """The good items of the records from ``start`` up to ``end``, as they were read
+        the first time: ``count`` of them, and the last record must end at ``end.offset``.
+        FormatError if not: the file has changed under the job."""
+        self.open(start)
+        items: list[tuple[int, Any]] = []
+        next_id = start.next_id
+        while next_id < end.next_id:
+            chunk = self.read(end.next_id - next_id)
+            if not chunk.ends:
+                break
+            first, next_id = chunk.position.next_id - len(chunk.ends), chunk.position.next_id
+            items += [(i, item) for i, item in chunk.items if i < end.next_id]
+            if next_id >= end.next_id:
+                if chunk.ends[end.next_id - 1 - first] != end.offset or len(items) != count:
+                    break
+                return items
+        raise FormatError(f"{self.path} has changed under the job: records {start.next_id}"
+                          f" to {end.next_id - 1} are no longer where they were read")
 
     def size(self) -> int:
         """Current file size in bytes, for progress reports (a gzip file's uncompressed

@@ -304,3 +304,24 @@ def test_an_endless_row_is_read_past_in_bounded_memory(tmp_path: Path) -> None:
     assert chunk == Chunk([(1, {"a": "7"})], [(0, "row longer than 65536 bytes")],
                           Position(2, path.stat().st_size))
     assert peak < 4 * 2**20
+
+
+@pytest.mark.parametrize("batch", [1, 7, 50])
+def test_reread_gives_a_span_of_records_back_as_it_was_first_read(
+    tmp_path: Path, batch: int
+) -> None:
+    """Every span a reader read (rows with quoted newlines, bad rows among them) is read
+    again from its positions alone, to the same items; a span that no longer ends where
+    it did is refused."""
+    path = tmp_path / "in.csv"
+    titles_csv(path)
+    with path.open("ab") as f:
+        f.write(b"1,2\n\n")  # two bad rows at the end
+    start = START
+    for chunk in read_all(open_reader(path), batch):
+        again = CsvReader(path, {}).reread(start, chunk.position, len(chunk.items))
+        assert again == chunk.items
+        start = chunk.position
+    end = Position(start.next_id, start.offset - 1)
+    with pytest.raises(FormatError, match="has changed under the job"):
+        CsvReader(path, {}).reread(START, end, 10**6)

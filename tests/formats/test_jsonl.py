@@ -427,3 +427,18 @@ def test_a_line_the_fast_lane_cannot_take_costs_it_one_line_not_the_rest(
     assert sum(len(c.ends) for c in chunks) == 20_000
     buffers = path.stat().st_size // 65536 + 1
     assert reader.slow <= 1 + 20 + buffers + len(chunks)
+
+
+def test_reread_gives_a_span_of_lines_back_as_it_was_first_read(tmp_path: Path) -> None:
+    """A span read again from its positions alone: the same items, bad lines skipped;
+    one whose lines no longer hold as many good items is refused."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\nnot json\n\n[2]\n"three"\n')
+    first = JsonlReader(path, {})
+    first.open()
+    chunk = first.read(3)
+    assert [i for i, _ in chunk.items] == [0, 3, 4]
+    again = JsonlReader(path, {}).reread(Position(0, 0), chunk.position, 3)
+    assert orjson.loads(orjson.dumps(again)) == [[0, {"a": 1}], [3, [2]], [4, "three"]]
+    with pytest.raises(FormatError, match="records 0 to 4 are no longer where"):
+        JsonlReader(path, {}).reread(Position(0, 0), chunk.position, 4)
