@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .exceptions import FormatError
 from .formats import ErrorLog, Position, Reader, Writer, get_reader, get_writer
 from .spec import JobSpec
 from .store import Span, pack
@@ -52,6 +53,8 @@ class JobFiles:
                                               root=self.root)
         try:
             return reader.reread(Position(*span.start), Position(*span.end), span.good)
+        except OSError as exc:  # a file problem, never to be taken for Redis failing
+            raise FormatError(f"cannot read {spec.input_path} again: {exc}") from exc
         finally:
             reader.close()
 

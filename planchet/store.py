@@ -19,9 +19,9 @@ Layout (``P`` is the key prefix, ``planchet:`` by default)::
 Every change that moves items between states is one MULTI/EXEC, so Redis always
 holds a consistent picture: a crash at any point leaves either the old state or the
 new one. Item payloads live in Redis only while queued to be served again, or leased
-after a retry or a partial result (a fresh lease names its span of the input, read
-again on reopen), so memory there is bounded by what is in flight, never by the size
-of the file.
+after a retry or a partial result, or leased fresh from a gzip input (any other fresh
+lease names its span of the input, read again on reopen), so memory there is bounded
+by what is in flight, never by the size of the file.
 """
 
 from __future__ import annotations

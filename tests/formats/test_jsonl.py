@@ -442,3 +442,6 @@ def test_reread_gives_a_span_of_lines_back_as_it_was_first_read(tmp_path: Path) 
     assert orjson.loads(orjson.dumps(again)) == [[0, {"a": 1}], [3, [2]], [4, "three"]]
     with pytest.raises(FormatError, match="records 0 to 4 are no longer where"):
         JsonlReader(path, {}).reread(Position(0, 0), chunk.position, 4)
+    moved = Position(chunk.position.next_id, chunk.position.offset - 1)  # same count
+    with pytest.raises(FormatError, match="records 0 to 4 are no longer where"):
+        JsonlReader(path, {}).reread(Position(0, 0), moved, 3)
