@@ -104,9 +104,9 @@ class Job(JobBase):
         self._log_dead(group, [(i, why, 0) for i, why in taken.bad])
         if not taken.items:
             return None
-        span = Span(start, (taken.next_id, taken.end), len(taken.items))
-        return self._hold(group, taken.items, None, owner,
-                          span.pack if ahead.reader.rereadable else None)
+        span = (Span(start, (taken.next_id, taken.end), len(taken.items)).pack
+                if ahead.reader.rereadable else None)  # gzip: its items
+        return self._hold(group, taken.items, None, owner, span)
 
     def _hold(self, group: Group, batch: list[Item], pending: dict[int, tuple[Any, int]] | None,
               owner: Watcher, blob: Blob | None = None) -> Lease:

@@ -96,9 +96,9 @@ class Reader(abc.ABC):
     def read(self, n: int) -> Chunk:
         """Read up to ``n`` good items; an empty chunk means end of file."""
 
-    def reread(self, start: Position, end: Position, count: int) -> list[tuple[int, Any]]:
+    def reread(self, start: Position, end: Position, good: int) -> list[tuple[int, Any]]:
         """The good items of the records from ``start`` up to ``end``, as they were read
-        the first time: ``count`` of them, and the last record must end at ``end.offset``.
+        the first time: ``good`` of them, and the last record must end at ``end.offset``.
         FormatError if not: the file has changed under the job."""
         self.open(start)
         items: list[tuple[int, Any]] = []
@@ -110,7 +110,7 @@ class Reader(abc.ABC):
             first, next_id = chunk.position.next_id - len(chunk.ends), chunk.position.next_id
             items += [(i, item) for i, item in chunk.items if i < end.next_id]
             if next_id >= end.next_id:
-                if chunk.ends[end.next_id - 1 - first] != end.offset or len(items) != count:
+                if chunk.ends[end.next_id - 1 - first] != end.offset or len(items) != good:
                     break
                 return items
         raise FormatError(f"{self.path} has changed under the job: records {start.next_id}"
